@@ -1,0 +1,93 @@
+"""Errors of the review system of record; each has a stable `code`.  Docstring = default message."""
+
+from __future__ import annotations
+
+
+class ReviewError(Exception):
+    """The review operation was refused."""
+
+    code = "review.error"
+    http_status = 409
+    exit_code = 2
+
+    def __init__(self, detail: str | None = None) -> None:
+        self.detail = detail or (self.__doc__ or self.code).strip()
+        super().__init__(self.detail)
+
+
+class NotFound(ReviewError):
+    """No such record."""
+
+    code = "review.not_found"
+    http_status = 404
+
+
+class InvalidTransition(ReviewError):
+    """The record is not in a state that allows this step."""
+
+    code = "review.invalid_transition"
+
+
+class NotEntitled(ReviewError):
+    """The reviewer is not entitled to this queue."""
+
+    code = "review.not_entitled"
+    http_status = 403
+
+
+class UnknownReviewer(ReviewError):
+    """The reviewer is not registered."""
+
+    code = "review.unknown_reviewer"
+    http_status = 403
+
+
+class NotClaimant(ReviewError):
+    """The item is not claimed by this reviewer (or the lease has expired)."""
+
+    code = "review.not_claimant"
+
+
+class AlreadyDecided(ReviewError):
+    """This reviewer has already given a verdict on this item; a second one needs another person."""
+
+    code = "review.already_decided"
+
+
+class ExposureCapReached(ReviewError):
+    """The reviewer has reached the exposure cap for this severe queue in the current shift."""
+
+    code = "review.exposure_cap"
+    http_status = 429
+
+
+class NothingToClaim(ReviewError):
+    """No item is waiting in the reviewer's queues."""
+
+    code = "review.queue_empty"
+    http_status = 404
+
+
+class ActionNotApproved(ReviewError):
+    """The action has not been approved by the people it needs; nothing is executed."""
+
+    code = "action.not_approved"
+
+
+class ActionNotDue(ReviewError):
+    """The action is approved but not due yet (notice period or appeal window still running)."""
+
+    code = "action.not_due"
+
+
+class AppealNotAllowed(ReviewError):
+    """The decision cannot be appealed (nothing was done, or the appeal window has closed)."""
+
+    code = "appeal.not_allowed"
+
+
+class AuditChainBroken(ReviewError):
+    """The audit chain does not verify."""
+
+    code = "audit.chain_broken"
+    exit_code = 1

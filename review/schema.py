@@ -1,0 +1,358 @@
+"""The database schema of record.  Invariants live here as constraints, not only in Python.
+
+Alembic migrations under review/migrations create exactly this (a test compares them).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from review.states import (
+    ACCOUNT_ACTIONS,
+    AUTOMATED_ACTIONS,
+    CLOSED_ITEM_STATUSES,
+    CONTENT_ACTIONS,
+    IRREVERSIBLE_ACTIONS,
+    ActionKind,
+    ActionStatus,
+    ItemKind,
+    ItemStatus,
+    Verdict,
+    sql_in,
+)
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Aware UTC datetimes on every backend (SQLite has no time zones)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        return value.replace(tzinfo=dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+def _enum_check(column: str, values: frozenset[str] | set[str], name: str) -> CheckConstraint:
+    return CheckConstraint(f"{column} IN {sql_in(set(values))}", name=name)
+
+
+class Reviewer(Base):
+    __tablename__ = "reviewer"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    roles: Mapped[list[Any]] = mapped_column(default=list)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime]
+
+
+class ReviewerQueue(Base):
+    """Queue membership: a reviewer can claim, see and decide only in their queues."""
+
+    __tablename__ = "reviewer_queue"
+    reviewer_id: Mapped[str] = mapped_column(ForeignKey("reviewer.id"), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class Content(Base):
+    """One image, known by the sha256 of its bytes."""
+
+    __tablename__ = "content"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mime: Mapped[str] = mapped_column(String(32))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime]
+    __table_args__ = (CheckConstraint("length(sha256) = 64", name="sha256_len"),)
+
+
+class Upload(Base):
+    """One arrival of a content, with its account and context.  Scored exactly once."""
+
+    __tablename__ = "upload"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    content_sha256: Mapped[str] = mapped_column(ForeignKey("content.sha256"), index=True)
+    account_id: Mapped[str] = mapped_column(String(128), index=True)
+    #: the platform's own id for this upload; (account, external id) is unique
+    external_id: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(16))
+    context: Mapped[dict[str, Any]]
+    received_at: Mapped[dt.datetime]
+    __table_args__ = (UniqueConstraint("account_id", "external_id", name="uq_upload_account_ext"),)
+
+
+class Decision(Base):
+    """What the policy concluded for an upload: outcome, reasons, model and policy versions."""
+
+    __tablename__ = "decision"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    upload_id: Mapped[str] = mapped_column(ForeignKey("upload.id"), unique=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    model_version: Mapped[str] = mapped_column(String(128))
+    policy_version: Mapped[str] = mapped_column(String(64))
+    scores: Mapped[dict[str, Any]]
+    #: the statement of reasons at scoring time: rules fired, thresholds, context moves
+    reasons: Mapped[dict[str, Any]]
+    queue: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime]
+    __table_args__ = (
+        _enum_check("outcome", {"allow", "hold", "review"}, "outcome"),
+        CheckConstraint("outcome = 'allow' OR queue IS NOT NULL", name="routed_has_queue"),
+    )
+
+
+class ReviewItem(Base):
+    """One unit of human work in a queue."""
+
+    __tablename__ = "review_item"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    decision_id: Mapped[str] = mapped_column(ForeignKey("decision.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    queue: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(24))
+    reviewers_required: Mapped[int] = mapped_column(Integer)
+    account_id: Mapped[str] = mapped_column(String(128), index=True)
+    content_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    parent_item_id: Mapped[int | None] = mapped_column(ForeignKey("review_item.id"))
+    claimed_by: Mapped[str | None] = mapped_column(ForeignKey("reviewer.id"))
+    lease_expires_at: Mapped[dt.datetime | None]
+    due_at: Mapped[dt.datetime]
+    resolution: Mapped[str | None] = mapped_column(String(24))
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+    resolved_at: Mapped[dt.datetime | None]
+    __table_args__ = (
+        _enum_check("status", set(ItemStatus), "status"),
+        _enum_check("kind", set(ItemKind), "kind"),
+        CheckConstraint("reviewers_required IN (1, 2)", name="reviewers_required"),
+        CheckConstraint(
+            "(status = 'claimed' AND claimed_by IS NOT NULL AND lease_expires_at IS NOT NULL)"
+            " OR (status <> 'claimed' AND claimed_by IS NULL AND lease_expires_at IS NULL)",
+            name="lease_iff_claimed",
+        ),
+        CheckConstraint(
+            f"(status IN {sql_in(set(CLOSED_ITEM_STATUSES))}) = (resolved_at IS NOT NULL)",
+            name="resolved_iff_closed",
+        ),
+        CheckConstraint(
+            f"resolution IS NULL OR resolution IN {sql_in(set(Verdict))}", name="resolution"
+        ),
+        # exactly one initial item per decision: an upload reaches one review, not two
+        Index(
+            "uq_review_item_initial",
+            "decision_id",
+            unique=True,
+            sqlite_where=text("kind = 'initial'"),
+            postgresql_where=text("kind = 'initial'"),
+        ),
+        # the claim query: open items by queue, priority then age
+        Index("ix_review_item_claim", "queue", "status", "priority", "due_at", "id"),
+        Index("ix_review_item_lease", "status", "lease_expires_at"),
+    )
+
+
+class VerdictRow(Base):
+    """What one reviewer concluded on one item.  One verdict per reviewer per item."""
+
+    __tablename__ = "verdict"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("review_item.id"), index=True)
+    reviewer_id: Mapped[str] = mapped_column(ForeignKey("reviewer.id"))
+    verdict: Mapped[str] = mapped_column(String(24))
+    categories: Mapped[list[Any]]
+    proposed_actions: Mapped[list[Any]]
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime]
+    __table_args__ = (
+        UniqueConstraint("item_id", "reviewer_id", name="uq_verdict_item_reviewer"),
+        UniqueConstraint("id", "reviewer_id", name="uq_verdict_id_reviewer"),
+        _enum_check("verdict", set(Verdict), "verdict"),
+    )
+
+
+class Action(Base):
+    """Something done to content or an account: proposed, approved by people, executed."""
+
+    __tablename__ = "action"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    decision_id: Mapped[str] = mapped_column(ForeignKey("decision.id"), index=True)
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("review_item.id"))
+    account_id: Mapped[str] = mapped_column(String(128), index=True)
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(24))
+    target: Mapped[str] = mapped_column(String(8))
+    irreversible: Mapped[bool] = mapped_column(Boolean)
+    urgent: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16))
+    approver_1: Mapped[str | None] = mapped_column(String(64))
+    approver_1_verdict_id: Mapped[int | None] = mapped_column(Integer)
+    approver_2: Mapped[str | None] = mapped_column(String(64))
+    approver_2_verdict_id: Mapped[int | None] = mapped_column(Integer)
+    reverses_action_id: Mapped[int | None] = mapped_column(ForeignKey("action.id"))
+    #: not executed before this instant (notice period, or the appeal window for erasure)
+    not_before: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+    executed_at: Mapped[dt.datetime | None]
+    __table_args__ = (
+        _enum_check("status", set(ActionStatus), "status"),
+        _enum_check("kind", set(ActionKind), "kind"),
+        CheckConstraint(
+            f"(target = 'content' AND kind IN {sql_in(set(CONTENT_ACTIONS))})"
+            f" OR (target = 'account' AND kind IN {sql_in(set(ACCOUNT_ACTIONS))})",
+            name="target_matches_kind",
+        ),
+        CheckConstraint(
+            f"irreversible = (kind IN {sql_in(set(IRREVERSIBLE_ACTIONS))})", name="irreversible"
+        ),
+        # invariant 1: past `proposed`, only the automated content hold may lack a person
+        CheckConstraint(
+            "status IN ('proposed', 'cancelled') OR approver_1 IS NOT NULL"
+            f" OR kind IN {sql_in(set(AUTOMATED_ACTIONS))}",
+            name="human_approved",
+        ),
+        # invariant 2: irreversible steps need two distinct people
+        CheckConstraint(
+            "NOT irreversible OR status IN ('proposed', 'cancelled')"
+            " OR (approver_1 IS NOT NULL AND approver_2 IS NOT NULL AND approver_1 <> approver_2)",
+            name="two_people",
+        ),
+        CheckConstraint("approver_2 IS NULL OR approver_1 IS NOT NULL", name="approver_order"),
+        CheckConstraint("kind <> 'delete_data' OR not_before IS NOT NULL", name="erasure_waits"),
+        CheckConstraint(
+            "(status = 'executed' OR status = 'reversed') = (executed_at IS NOT NULL)",
+            name="executed_at",
+        ),
+        # an approver is a real verdict by that very reviewer
+        ForeignKeyConstraint(
+            ["approver_1_verdict_id", "approver_1"],
+            ["verdict.id", "verdict.reviewer_id"],
+            name="fk_action_approver_1_verdict",
+        ),
+        ForeignKeyConstraint(
+            ["approver_2_verdict_id", "approver_2"],
+            ["verdict.id", "verdict.reviewer_id"],
+            name="fk_action_approver_2_verdict",
+        ),
+        Index("ix_action_status", "status", "not_before"),
+    )
+
+
+class Appeal(Base):
+    """The user's request for another look, with their own context."""
+
+    __tablename__ = "appeal"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    decision_id: Mapped[str] = mapped_column(ForeignKey("decision.id"), index=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("review_item.id"), unique=True)
+    statement: Mapped[str] = mapped_column(Text)
+    context: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime]
+    resolved_at: Mapped[dt.datetime | None]
+    __table_args__ = (_enum_check("status", {"open", "upheld", "rejected"}, "status"),)
+
+
+class Exposure(Base):
+    """A reviewer's claim on a severe queue, counted against their per-shift cap."""
+
+    __tablename__ = "exposure"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    reviewer_id: Mapped[str] = mapped_column(ForeignKey("reviewer.id"))
+    queue: Mapped[str] = mapped_column(String(64))
+    item_id: Mapped[int] = mapped_column(ForeignKey("review_item.id"))
+    at: Mapped[dt.datetime]
+    __table_args__ = (Index("ix_exposure_reviewer_at", "reviewer_id", "at"),)
+
+
+class Outbox(Base):
+    """Messages to the platform, written in the same transaction as the change they announce."""
+
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    topic: Mapped[str] = mapped_column(String(64))
+    idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime]
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[dt.datetime]
+    delivered_at: Mapped[dt.datetime | None]
+    __table_args__ = (
+        _enum_check("status", {"pending", "delivered", "dead"}, "status"),
+        Index("ix_outbox_due", "status", "next_attempt_at"),
+    )
+
+
+class AuditEvent(Base):
+    """One row of the hash-chained audit log; written in the transaction it records."""
+
+    __tablename__ = "audit_event"
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=False)
+    at: Mapped[dt.datetime]
+    actor: Mapped[str] = mapped_column(String(128))
+    event: Mapped[str] = mapped_column(String(64))
+    subject_type: Mapped[str] = mapped_column(String(32))
+    subject_id: Mapped[str] = mapped_column(String(64))
+    data: Mapped[dict[str, Any]]
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    __table_args__ = (Index("ix_audit_subject", "subject_type", "subject_id"),)
+
+
+class AuditHead(Base):
+    """The chain's head: one row, locked by each writer so the chain cannot fork."""
+
+    __tablename__ = "audit_head"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)

@@ -1,0 +1,1325 @@
+"""The review service: one set of rules behind the CLI, the API and the Label Studio sync.
+
+Every method takes the caller's Session and never commits (the command, route or job owns the
+transaction).  Every state change is an `UPDATE ... WHERE status IN (allowed) RETURNING` from
+the transition table in `review.states`, and writes its audit event in the same transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Integer, exists, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased
+
+from review import audit
+from review.errors import (
+    ActionNotApproved,
+    ActionNotDue,
+    AlreadyDecided,
+    AppealNotAllowed,
+    ExposureCapReached,
+    InvalidTransition,
+    NotClaimant,
+    NotEntitled,
+    NotFound,
+    NothingToClaim,
+    ReviewError,
+    UnknownReviewer,
+)
+from review.schema import (
+    Action,
+    Appeal,
+    Content,
+    Decision,
+    Exposure,
+    Outbox,
+    Reviewer,
+    ReviewerQueue,
+    ReviewItem,
+    Upload,
+    VerdictRow,
+)
+from review.states import (
+    ACTION_TRANSITIONS,
+    AFTER_APPEAL_WINDOW,
+    AUTOMATED_ACTIONS,
+    CLAIMABLE,
+    CONTENT_ACTIONS,
+    IRREVERSIBLE_ACTIONS,
+    ITEM_TRANSITIONS,
+    OPEN_ITEM_STATUSES,
+    REVERSAL,
+    ActionKind,
+    ActionStatus,
+    ItemKind,
+    ItemStatus,
+    Verdict,
+)
+
+log = logging.getLogger(__name__)
+SYSTEM = "system:lookfirst"
+BENIGN = frozenset({Verdict.BENIGN, Verdict.BENIGN_MEDICAL})
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# ---- configuration handed in by the pipeline (review knows no policy files) ------------------
+@dataclass(frozen=True, slots=True)
+class QueueRules:
+    name: str
+    sla: dt.timedelta
+    role: str | None = None
+    reviewers_required: int = 1
+    exposure_cap: int | None = None
+    exposure_window: dt.timedelta | None = None
+    escalate_to: str | None = None
+
+
+@dataclass(frozen=True)
+class ReviewConfig:
+    queues: Mapping[str, QueueRules]
+    #: verdict + categories -> the actions a reviewer's verdict approves (the policy's mapping)
+    actions_for_verdict: Callable[[str, Sequence[str]], Sequence[str]]
+    appeals_queue: str = "appeals"
+    escalation_queue: str = "senior"
+    urgent_actions: frozenset[str] = frozenset({ActionKind.REPORT})
+    lease: dt.timedelta = dt.timedelta(minutes=15)
+    appeal_window: dt.timedelta = dt.timedelta(days=180)
+    notice_period: dt.timedelta = dt.timedelta(hours=72)
+
+    def rules(self, queue: str) -> QueueRules:
+        try:
+            return self.queues[queue]
+        except KeyError:
+            raise ReviewError(f"unknown queue {queue!r}") from None
+
+
+# ---- inputs and views ------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class NewUpload:
+    account_id: str
+    external_id: str
+    source: str
+    context: Mapping[str, Any]
+    sha256: str
+    mime: str
+    width: int
+    height: int
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """What the policy concluded, as the review store records it."""
+
+    outcome: str  # allow | hold | review
+    queue: str | None
+    severity: str
+    priority: int
+    reviewers_required: int
+    proposed_actions: tuple[str, ...]
+    qa_sample: bool
+    scores: Mapping[str, float]
+    reasons: Mapping[str, Any]
+    model_version: str
+    policy_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    decision_id: str
+    upload_id: str
+    outcome: str
+    queue: str | None
+    item_id: int | None
+    created: bool  # False: this upload was already scored; the stored decision is returned
+
+
+@dataclass(frozen=True)
+class ItemView:
+    id: int
+    kind: str
+    queue: str
+    status: str
+    severity: str
+    priority: int
+    reviewers_required: int
+    verdicts_in: int
+    account_id: str
+    content_sha256: str
+    decision_id: str
+    outcome: str
+    scores: Mapping[str, Any]
+    reasons: Mapping[str, Any]
+    context: Mapping[str, Any]
+    due_at: dt.datetime
+    created_at: dt.datetime
+    claimed_by: str | None
+    lease_expires_at: dt.datetime | None
+    proposed_actions: list[str]
+    #: other reviewers' verdicts; hidden while the item is open (no anchoring)
+    verdicts: list[dict[str, Any]] = field(default_factory=list)
+    appeal_statement: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        for k in ("due_at", "created_at", "lease_expires_at"):
+            d[k] = d[k].isoformat() if d[k] else None
+        d["scores"], d["reasons"], d["context"] = dict(self.scores), dict(self.reasons), dict(
+            self.context
+        )
+        return d
+
+
+@dataclass(frozen=True)
+class DecideResult:
+    item_id: int
+    status: str
+    verdict_id: int
+    actions: list[dict[str, Any]]
+    escalated_to: int | None = None
+
+
+def action_dict(a: Action) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "decision_id": a.decision_id,
+        "item_id": a.item_id,
+        "account_id": a.account_id,
+        "content_sha256": a.content_sha256,
+        "kind": a.kind,
+        "target": a.target,
+        "irreversible": a.irreversible,
+        "urgent": a.urgent,
+        "status": a.status,
+        "approvers": [x for x in (a.approver_1, a.approver_2) if x],
+        "reverses_action_id": a.reverses_action_id,
+        "not_before": a.not_before.isoformat() if a.not_before else None,
+        "executed_at": a.executed_at.isoformat() if a.executed_at else None,
+    }
+
+
+class ReviewService:
+    def __init__(self, config: ReviewConfig, *, clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self.config = config
+        self.clock = clock
+
+    # ---- audit + outbox, always inside the caller's transaction ---------------------------
+    def _audit(
+        self,
+        s: Session,
+        *,
+        actor: str,
+        event: str,
+        subject_type: str,
+        subject_id: str | int,
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        audit.append(
+            s,
+            at=self.clock(),
+            actor=actor,
+            event=event,
+            subject_type=subject_type,
+            subject_id=subject_id,
+            data=dict(data or {}),
+        )
+
+    def _outbox(self, s: Session, *, topic: str, key: str, payload: Mapping[str, Any]) -> None:
+        now = self.clock()
+        s.add(
+            Outbox(
+                topic=topic,
+                idempotency_key=key,
+                payload=dict(payload),
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
+
+    # ---- transitions -------------------------------------------------------------------------
+    def _item_transition(
+        self,
+        s: Session,
+        item_id: int,
+        name: str,
+        *,
+        actor: str,
+        values: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+        extra_where: Sequence[Any] = (),
+    ) -> ReviewItem:
+        t = ITEM_TRANSITIONS[name]
+        now = self.clock()
+        row = s.execute(
+            update(ReviewItem)
+            .where(ReviewItem.id == item_id, ReviewItem.status.in_(t.sources), *extra_where)
+            .values(status=t.target, updated_at=now, **dict(values or {}))
+            .returning(ReviewItem.id)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if row is None:
+            raise InvalidTransition(f"review item {item_id} cannot '{name}' from its current state")
+        self._audit(
+            s,
+            actor=actor,
+            event=f"item.{name}",
+            subject_type="review_item",
+            subject_id=item_id,
+            data={"to": str(t.target), **dict(data or {})},
+        )
+        item = s.get(ReviewItem, item_id, populate_existing=True)
+        assert item is not None
+        return item
+
+    def _action_transition(
+        self,
+        s: Session,
+        action_id: int,
+        name: str,
+        *,
+        actor: str,
+        values: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> Action:
+        t = ACTION_TRANSITIONS[name]
+        now = self.clock()
+        row = s.execute(
+            update(Action)
+            .where(Action.id == action_id, Action.status.in_(t.sources))
+            .values(status=t.target, updated_at=now, **dict(values or {}))
+            .returning(Action.id)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if row is None:
+            raise InvalidTransition(f"action {action_id} cannot '{name}' from its current state")
+        action = s.get(Action, action_id, populate_existing=True)
+        assert action is not None
+        self._audit(
+            s,
+            actor=actor,
+            event=f"action.{name}",
+            subject_type="action",
+            subject_id=action_id,
+            data={"kind": action.kind, "to": str(t.target), **dict(data or {})},
+        )
+        return action
+
+    # ---- reviewers -----------------------------------------------------------------------------
+    def add_reviewer(
+        self,
+        s: Session,
+        *,
+        reviewer_id: str,
+        queues: Sequence[str],
+        roles: Sequence[str] = (),
+        display_name: str | None = None,
+        actor: str = SYSTEM,
+    ) -> None:
+        for q in queues:
+            self.config.rules(q)
+        existing = s.get(Reviewer, reviewer_id)
+        if existing is None:
+            s.add(
+                Reviewer(
+                    id=reviewer_id,
+                    display_name=display_name or reviewer_id,
+                    roles=sorted(set(roles)),
+                    active=True,
+                    created_at=self.clock(),
+                )
+            )
+        else:
+            existing.roles = sorted(set(existing.roles) | set(roles))
+            existing.active = True
+        s.flush()
+        have = set(
+            s.execute(select(ReviewerQueue.queue).where(ReviewerQueue.reviewer_id == reviewer_id))
+            .scalars()
+            .all()
+        )
+        for q in sorted(set(queues) - have):
+            s.add(ReviewerQueue(reviewer_id=reviewer_id, queue=q))
+        self._audit(
+            s,
+            actor=actor,
+            event="reviewer.granted",
+            subject_type="reviewer",
+            subject_id=reviewer_id,
+            data={"queues": sorted(queues), "roles": sorted(roles)},
+        )
+
+    def list_reviewers(self, s: Session) -> list[dict[str, Any]]:
+        out = []
+        for r in s.execute(select(Reviewer).order_by(Reviewer.id)).scalars():
+            queues = s.execute(
+                select(ReviewerQueue.queue).where(ReviewerQueue.reviewer_id == r.id)
+            ).scalars()
+            out.append({"id": r.id, "roles": r.roles, "active": r.active, "queues": sorted(queues)})
+        return out
+
+    def entitled_queues(self, s: Session, reviewer_id: str) -> list[str]:
+        """The queues a reviewer may claim, see and decide in: membership and the queue's role."""
+        r = s.get(Reviewer, reviewer_id)
+        if r is None or not r.active:
+            raise UnknownReviewer(f"reviewer {reviewer_id!r} is not registered")
+        member = s.execute(
+            select(ReviewerQueue.queue).where(ReviewerQueue.reviewer_id == reviewer_id)
+        ).scalars()
+        out = []
+        for q in member:
+            rules = self.config.queues.get(q)
+            if rules is not None and (rules.role is None or rules.role in r.roles):
+                out.append(q)
+        return sorted(out)
+
+    def _require_entitled(self, s: Session, reviewer_id: str, queue: str) -> None:
+        if queue not in self.entitled_queues(s, reviewer_id):
+            rules = self.config.queues.get(queue)
+            need = f" (needs role {rules.role!r})" if rules and rules.role else ""
+            raise NotEntitled(f"reviewer {reviewer_id!r} is not entitled to queue {queue!r}{need}")
+
+    # ---- recording a decision ------------------------------------------------------------
+    def find_upload(self, s: Session, *, account_id: str, external_id: str) -> Recorded | None:
+        row = s.execute(
+            select(Upload, Decision)
+            .join(Decision, Decision.upload_id == Upload.id)
+            .where(Upload.account_id == account_id, Upload.external_id == external_id)
+        ).first()
+        if row is None:
+            return None
+        upload, decision = row
+        item_id = s.execute(
+            select(ReviewItem.id)
+            .where(ReviewItem.decision_id == decision.id)
+            .order_by(ReviewItem.id)
+            .limit(1)
+        ).scalar()
+        return Recorded(decision.id, upload.id, decision.outcome, decision.queue, item_id, False)
+
+    def record(self, s: Session, upload: NewUpload, routing: Routing) -> Recorded:
+        """Store one upload and its decision; route it.  Exactly once per (account, upload id):
+        a repeat returns the stored decision (the caller's transaction decides on the race)."""
+        found = self.find_upload(s, account_id=upload.account_id, external_id=upload.external_id)
+        if found is not None:
+            return found
+        now = self.clock()
+        if s.get(Content, upload.sha256) is None:
+            s.add(
+                Content(
+                    sha256=upload.sha256,
+                    mime=upload.mime,
+                    width=upload.width,
+                    height=upload.height,
+                    size_bytes=upload.size_bytes,
+                    created_at=now,
+                )
+            )
+            s.flush()  # no ORM relationships: flush in foreign-key order ourselves
+        upload_id, decision_id = str(uuid.uuid4()), str(uuid.uuid4())
+        s.add(
+            Upload(
+                id=upload_id,
+                content_sha256=upload.sha256,
+                account_id=upload.account_id,
+                external_id=upload.external_id,
+                source=upload.source,
+                context=dict(upload.context),
+                received_at=now,
+            )
+        )
+        s.flush()
+        queue = routing.queue if (routing.outcome != "allow" or routing.qa_sample) else None
+        s.add(
+            Decision(
+                id=decision_id,
+                upload_id=upload_id,
+                outcome=routing.outcome,
+                model_version=routing.model_version,
+                policy_version=routing.policy_version,
+                scores=dict(routing.scores),
+                reasons=dict(routing.reasons),
+                queue=queue,
+                created_at=now,
+            )
+        )
+        s.flush()
+        self._audit(
+            s,
+            actor=SYSTEM,
+            event="decision.recorded",
+            subject_type="decision",
+            subject_id=decision_id,
+            data={
+                "outcome": routing.outcome,
+                "queue": queue,
+                "model_version": routing.model_version,
+                "policy_version": routing.policy_version,
+                "scores": dict(routing.scores),
+                "qa_sample": routing.qa_sample,
+            },
+        )
+        item_id: int | None = None
+        if routing.outcome in ("hold", "review") or routing.qa_sample:
+            assert queue is not None
+            kind = ItemKind.INITIAL if routing.outcome != "allow" else ItemKind.QA
+            item_id = self._new_item(
+                s,
+                decision_id=decision_id,
+                kind=kind,
+                queue=queue,
+                severity=routing.severity,
+                priority=routing.priority,
+                reviewers_required=routing.reviewers_required,
+                account_id=upload.account_id,
+                content_sha256=upload.sha256,
+            )
+            # the policy's suggestion: exists only as a proposal until a human verdict approves it
+            if kind == ItemKind.INITIAL:
+                for kind_ in routing.proposed_actions:
+                    self._new_action(
+                        s, decision_id=decision_id, item_id=item_id, kind=ActionKind(kind_),
+                        account_id=upload.account_id, content_sha256=upload.sha256,
+                    )
+        if routing.outcome == "hold":
+            # the one automated action: a reversible content hold, pending review
+            hold = self._new_action(
+                s, decision_id=decision_id, item_id=item_id, kind=ActionKind.HOLD_CONTENT,
+                account_id=upload.account_id, content_sha256=upload.sha256,
+                status=ActionStatus.APPROVED,
+            )
+            self._execute(s, hold, actor=SYSTEM)
+        self._outbox(
+            s,
+            topic="decision",
+            key=f"decision:{decision_id}",
+            payload={"decision_id": decision_id, "upload_id": upload.external_id,
+                     "account_id": upload.account_id, "outcome": routing.outcome,
+                     "queue": queue, "item_id": item_id},
+        )
+        return Recorded(decision_id, upload_id, routing.outcome, queue, item_id, True)
+
+    def _new_item(
+        self,
+        s: Session,
+        *,
+        decision_id: str,
+        kind: ItemKind,
+        queue: str,
+        severity: str,
+        priority: int,
+        reviewers_required: int,
+        account_id: str,
+        content_sha256: str,
+        parent_item_id: int | None = None,
+    ) -> int:
+        rules = self.config.rules(queue)
+        now = self.clock()
+        item = ReviewItem(
+            decision_id=decision_id,
+            kind=kind,
+            queue=queue,
+            severity=severity,
+            priority=priority,
+            status=ItemStatus.PENDING,
+            reviewers_required=max(reviewers_required, rules.reviewers_required),
+            account_id=account_id,
+            content_sha256=content_sha256,
+            parent_item_id=parent_item_id,
+            due_at=now + rules.sla,
+            created_at=now,
+            updated_at=now,
+        )
+        s.add(item)
+        s.flush()
+        self._audit(
+            s,
+            actor=SYSTEM,
+            event="item.created",
+            subject_type="review_item",
+            subject_id=item.id,
+            data={"kind": str(kind), "queue": queue, "decision_id": decision_id,
+                  "priority": priority, "reviewers_required": item.reviewers_required},
+        )
+        return item.id
+
+    def _new_action(
+        self,
+        s: Session,
+        *,
+        decision_id: str,
+        item_id: int | None,
+        kind: ActionKind,
+        account_id: str,
+        content_sha256: str,
+        status: ActionStatus = ActionStatus.PROPOSED,
+        reverses: int | None = None,
+        approver: tuple[str, int] | None = None,
+        actor: str = SYSTEM,
+    ) -> Action:
+        now = self.clock()
+        a = Action(
+            decision_id=decision_id,
+            item_id=item_id,
+            account_id=account_id,
+            content_sha256=content_sha256,
+            kind=kind,
+            target="content" if kind in CONTENT_ACTIONS else "account",
+            irreversible=kind in IRREVERSIBLE_ACTIONS,
+            urgent=kind in self.config.urgent_actions,
+            status=status,
+            approver_1=approver[0] if approver else None,
+            approver_1_verdict_id=approver[1] if approver else None,
+            reverses_action_id=reverses,
+            not_before=now + self.config.appeal_window if kind in AFTER_APPEAL_WINDOW else None,
+            created_at=now,
+            updated_at=now,
+        )
+        s.add(a)
+        s.flush()
+        self._audit(
+            s,
+            actor=actor,
+            event="action.created",
+            subject_type="action",
+            subject_id=a.id,
+            data={"kind": str(kind), "status": str(status), "decision_id": decision_id,
+                  "reverses": reverses},
+        )
+        return a
+
+    # ---- queue: list, show, claim, leases -------------------------------------------------
+    def list_items(
+        self,
+        s: Session,
+        *,
+        viewer: str | None = None,
+        queue: str | None = None,
+        statuses: Sequence[str] | None = None,
+        limit: int = 100,
+    ) -> list[ItemView]:
+        q = select(ReviewItem)
+        if viewer is not None:
+            q = q.where(ReviewItem.queue.in_(self.entitled_queues(s, viewer)))
+        if queue is not None:
+            q = q.where(ReviewItem.queue == queue)
+        if statuses:
+            q = q.where(ReviewItem.status.in_(list(statuses)))
+        q = q.order_by(ReviewItem.priority.desc(), ReviewItem.due_at, ReviewItem.id).limit(limit)
+        return [self._view(s, it, viewer) for it in s.execute(q).scalars().all()]
+
+    def show(self, s: Session, item_id: int, *, viewer: str | None) -> ItemView:
+        item = s.get(ReviewItem, item_id)
+        if item is None:
+            raise NotFound(f"no review item {item_id}")
+        if viewer is not None:
+            self._require_entitled(s, viewer, item.queue)
+        return self._view(s, item, viewer)
+
+    def _view(self, s: Session, item: ReviewItem, viewer: str | None) -> ItemView:
+        decision = s.get(Decision, item.decision_id)
+        assert decision is not None
+        upload = s.get(Upload, decision.upload_id)
+        assert upload is not None
+        verdicts = s.execute(
+            select(VerdictRow).where(VerdictRow.item_id == item.id).order_by(VerdictRow.id)
+        ).scalars().all()
+        shown: list[dict[str, Any]] = []
+        open_ = item.status in OPEN_ITEM_STATUSES
+        for v in verdicts:
+            # no anchoring: while the item is open, a reviewer sees only their own verdict
+            if open_ and viewer is not None and v.reviewer_id != viewer:
+                continue
+            shown.append({"reviewer": v.reviewer_id, "verdict": v.verdict,
+                          "categories": v.categories, "note": v.note,
+                          "at": v.created_at.isoformat()})
+        if item.kind == ItemKind.ESCALATION and item.parent_item_id is not None:
+            for v in s.execute(
+                select(VerdictRow).where(VerdictRow.item_id == item.parent_item_id)
+            ).scalars():
+                shown.append({"reviewer": v.reviewer_id, "verdict": v.verdict,
+                              "categories": v.categories, "note": v.note,
+                              "at": v.created_at.isoformat(), "from_item": item.parent_item_id})
+        proposed = s.execute(
+            select(Action.kind).where(
+                Action.decision_id == item.decision_id, Action.status == ActionStatus.PROPOSED
+            )
+        ).scalars().all()
+        appeal = s.execute(select(Appeal.statement).where(Appeal.item_id == item.id)).scalar()
+        return ItemView(
+            id=item.id,
+            kind=item.kind,
+            queue=item.queue,
+            status=item.status,
+            severity=item.severity,
+            priority=item.priority,
+            reviewers_required=item.reviewers_required,
+            verdicts_in=len(verdicts),
+            account_id=item.account_id,
+            content_sha256=item.content_sha256,
+            decision_id=item.decision_id,
+            outcome=decision.outcome,
+            scores=decision.scores,
+            reasons=decision.reasons,
+            context=upload.context,
+            due_at=item.due_at,
+            created_at=item.created_at,
+            claimed_by=item.claimed_by,
+            lease_expires_at=item.lease_expires_at,
+            proposed_actions=sorted(set(proposed)),
+            verdicts=shown,
+            appeal_statement=appeal,
+        )
+
+    def expire_leases(self, s: Session, *, limit: int = 100) -> list[int]:
+        """Return items whose lease ran out to their queue, each with an audit event."""
+        now = self.clock()
+        expired = s.execute(
+            select(ReviewItem.id)
+            .where(ReviewItem.status == ItemStatus.CLAIMED, ReviewItem.lease_expires_at <= now)
+            .order_by(ReviewItem.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).scalars().all()
+        for item_id in expired:
+            self._release(s, item_id, actor=SYSTEM, reason="lease_expired")
+        return list(expired)
+
+    def _release(self, s: Session, item_id: int, *, actor: str, reason: str) -> ReviewItem:
+        n = s.execute(
+            select(func.count()).select_from(VerdictRow).where(VerdictRow.item_id == item_id)
+        ).scalar_one()
+        name = "release_second" if n else "release_first"
+        return self._item_transition(
+            s, item_id, name, actor=actor,
+            values={"claimed_by": None, "lease_expires_at": None}, data={"reason": reason},
+        )
+
+    def claim(
+        self,
+        s: Session,
+        *,
+        reviewer_id: str,
+        queue: str | None = None,
+        item_id: int | None = None,
+    ) -> ItemView:
+        """Lease the most urgent item the reviewer may take: priority, then deadline, then age.
+
+        PostgreSQL: `FOR UPDATE SKIP LOCKED`, so concurrent claimers never wait on or take the
+        same row.  SQLite: the transaction already holds the single write lock."""
+        now = self.clock()
+        self.expire_leases(s)
+        queues = self.entitled_queues(s, reviewer_id)
+        if queue is not None:
+            self._require_entitled(s, reviewer_id, queue)
+            queues = [queue]
+        if not queues:
+            raise NotEntitled(f"reviewer {reviewer_id!r} has no queues")
+        capped_out: list[str] = []
+        exposed: set[str] = set()
+        for q in queues:
+            rules = self.config.rules(q)
+            if rules.exposure_cap is None:
+                continue
+            exposed.add(q)
+            window = rules.exposure_window or dt.timedelta(hours=8)
+            seen = s.execute(
+                select(func.count())
+                .select_from(Exposure)
+                .where(Exposure.reviewer_id == reviewer_id, Exposure.queue == q,
+                       Exposure.at > now - window)
+            ).scalar_one()
+            if seen >= rules.exposure_cap:
+                capped_out.append(q)
+        open_queues = [q for q in queues if q not in capped_out]
+        if not open_queues:
+            q = capped_out[0]
+            rules = self.config.rules(q)
+            raise ExposureCapReached(
+                f"reviewer {reviewer_id!r} has reviewed {rules.exposure_cap} items in severe "
+                f"queue {q!r} within {rules.exposure_window}; take a break or another queue"
+            )
+        prior = aliased(VerdictRow)
+        prior_item = aliased(ReviewItem)
+        decided_before = (
+            select(prior.id)
+            .join(prior_item, prior_item.id == prior.item_id)
+            .where(prior_item.decision_id == ReviewItem.decision_id,
+                   prior.reviewer_id == reviewer_id)
+        )
+        q_ = (
+            select(ReviewItem)
+            .where(
+                ReviewItem.queue.in_(open_queues),
+                ReviewItem.status.in_(CLAIMABLE),
+                # a second verdict must come from another person
+                ~exists().where(VerdictRow.item_id == ReviewItem.id,
+                                VerdictRow.reviewer_id == reviewer_id),
+                # appeals and escalations go to someone who did not decide this before
+                or_(ReviewItem.kind.not_in([ItemKind.APPEAL, ItemKind.ESCALATION]),
+                    ~exists(decided_before)),
+            )
+            .order_by(ReviewItem.priority.desc(), ReviewItem.due_at, ReviewItem.id)
+            .limit(1)
+            .with_for_update(skip_locked=True, of=ReviewItem)
+        )
+        if item_id is not None:
+            q_ = q_.where(ReviewItem.id == item_id)
+        item = s.execute(q_).scalar_one_or_none()
+        if item is None:
+            if item_id is not None:
+                raise InvalidTransition(
+                    f"review item {item_id} cannot be claimed by {reviewer_id!r}"
+                )
+            raise NothingToClaim()
+        item = self._item_transition(
+            s, item.id, "claim", actor=reviewer_id,
+            values={"claimed_by": reviewer_id, "lease_expires_at": now + self.config.lease},
+        )
+        if item.queue in exposed:
+            s.add(Exposure(reviewer_id=reviewer_id, queue=item.queue, item_id=item.id, at=now))
+        return self._view(s, item, reviewer_id)
+
+    def renew(self, s: Session, *, item_id: int, reviewer_id: str) -> dt.datetime:
+        now = self.clock()
+        until = now + self.config.lease
+        row = s.execute(
+            update(ReviewItem)
+            .where(ReviewItem.id == item_id, ReviewItem.status == ItemStatus.CLAIMED,
+                   ReviewItem.claimed_by == reviewer_id, ReviewItem.lease_expires_at > now)
+            .values(lease_expires_at=until, updated_at=now)
+            .returning(ReviewItem.id)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if row is None:
+            raise NotClaimant(f"review item {item_id} is not leased to {reviewer_id!r}")
+        self._audit(s, actor=reviewer_id, event="item.renew", subject_type="review_item",
+                    subject_id=item_id, data={"until": until.isoformat()})
+        return until
+
+    def release(self, s: Session, *, item_id: int, reviewer_id: str) -> None:
+        item = s.get(ReviewItem, item_id)
+        if item is None:
+            raise NotFound(f"no review item {item_id}")
+        if item.claimed_by != reviewer_id:
+            raise NotClaimant(f"review item {item_id} is not leased to {reviewer_id!r}")
+        self._release(s, item_id, actor=reviewer_id, reason="released")
+
+    def record_reveal(self, s: Session, *, item_id: int, reviewer_id: str, reason: str) -> None:
+        """Seeing the original (unblurred) image is an audited act of an entitled reviewer."""
+        item = s.get(ReviewItem, item_id)
+        if item is None:
+            raise NotFound(f"no review item {item_id}")
+        self._require_entitled(s, reviewer_id, item.queue)
+        self._audit(s, actor=reviewer_id, event="item.reveal_original",
+                    subject_type="review_item", subject_id=item_id, data={"reason": reason})
+
+    # ---- verdicts ------------------------------------------------------------------------
+    def decide(
+        self,
+        s: Session,
+        *,
+        item_id: int,
+        reviewer_id: str,
+        verdict: str,
+        categories: Sequence[str] = (),
+        note: str = "",
+    ) -> DecideResult:
+        now = self.clock()
+        item = s.execute(
+            select(ReviewItem).where(ReviewItem.id == item_id).with_for_update()
+        ).scalar_one_or_none()
+        if item is None:
+            raise NotFound(f"no review item {item_id}")
+        self._require_entitled(s, reviewer_id, item.queue)
+        try:
+            v = Verdict(verdict)
+        except ValueError:
+            raise ReviewError(
+                f"unknown verdict {verdict!r}; one of {', '.join(Verdict)}"
+            ) from None
+        if v == Verdict.VIOLATING and not categories:
+            raise ReviewError("a 'violating' verdict must name the violated categories")
+        already = s.execute(
+            select(VerdictRow.id).where(VerdictRow.item_id == item_id,
+                                        VerdictRow.reviewer_id == reviewer_id)
+        ).scalar()
+        if already is not None:
+            raise AlreadyDecided()
+        if (
+            item.status != ItemStatus.CLAIMED
+            or item.claimed_by != reviewer_id
+            or item.lease_expires_at is None
+            or item.lease_expires_at <= now
+        ):
+            raise NotClaimant(
+                f"review item {item_id} is not leased to {reviewer_id!r}; claim it first"
+            )
+        proposed = self._proposals(item, v, categories)
+        row = VerdictRow(
+            item_id=item_id,
+            reviewer_id=reviewer_id,
+            verdict=v,
+            categories=sorted(set(categories)),
+            proposed_actions=[str(k) for k in proposed],
+            note=note,
+            created_at=now,
+        )
+        s.add(row)
+        try:
+            s.flush()
+        except IntegrityError:  # pragma: no cover - the check above runs under the row lock
+            raise AlreadyDecided() from None
+        self._audit(
+            s, actor=reviewer_id, event="verdict.recorded", subject_type="review_item",
+            subject_id=item_id,
+            data={"verdict_id": row.id, "verdict": str(v), "categories": row.categories,
+                  "proposed_actions": row.proposed_actions},
+        )
+        verdicts = s.execute(
+            select(VerdictRow).where(VerdictRow.item_id == item_id).order_by(VerdictRow.id)
+        ).scalars().all()
+        cleared = {"claimed_by": None, "lease_expires_at": None}
+
+        if v == Verdict.NEED_MORE_CONTEXT:
+            self._item_transition(s, item_id, "ask_context", actor=reviewer_id, values=cleared)
+            self._outbox(
+                s, topic="context.requested", key=f"context:{item_id}:{row.id}",
+                payload={"decision_id": item.decision_id, "item_id": item_id,
+                         "account_id": item.account_id},
+            )
+            return DecideResult(item_id, ItemStatus.AWAITING_CONTEXT, row.id, [])
+
+        needed = item.reviewers_required
+        if any(k in IRREVERSIBLE_ACTIONS for vv in verdicts for k in vv.proposed_actions):
+            needed = 2  # invariant 2: irreversible steps need two people
+        if len(verdicts) < needed:
+            self._item_transition(s, item_id, "await_second", actor=reviewer_id, values=cleared)
+            actions = self._stage_proposals(s, item, proposed, row)
+            return DecideResult(item_id, ItemStatus.AWAITING_SECOND, row.id,
+                                [action_dict(a) for a in actions])
+        if len(verdicts) >= 2:
+            first, second = verdicts[-2], verdicts[-1]
+            if not _agree(first, second):
+                return self._escalate(s, item, row, first, second)
+        self._item_transition(
+            s, item_id, "decide", actor=reviewer_id,
+            values={**cleared, "resolved_at": now, "resolution": str(v)},
+        )
+        actions = self._resolve(s, item, v, verdicts)
+        return DecideResult(item_id, ItemStatus.DECIDED, row.id, [action_dict(a) for a in actions])
+
+    def _proposals(
+        self, item: ReviewItem, v: Verdict, categories: Sequence[str]
+    ) -> tuple[ActionKind, ...]:
+        if item.kind == ItemKind.QA:
+            return ()  # quality control never leads to enforcement
+        if item.kind in (ItemKind.APPEAL, ItemKind.CONTEXT):
+            return ()  # these confirm or overturn; reversals are derived, not proposed
+        kinds = [ActionKind(k) for k in self.config.actions_for_verdict(str(v), list(categories))]
+        if ActionKind.TERMINATE in kinds and ActionKind.SUSPEND not in kinds:
+            kinds.insert(kinds.index(ActionKind.TERMINATE), ActionKind.SUSPEND)  # suspend first
+        return tuple(dict.fromkeys(kinds))
+
+    def _stage_proposals(
+        self, s: Session, item: ReviewItem, kinds: Sequence[ActionKind], verdict: VerdictRow
+    ) -> list[Action]:
+        """First of two verdicts: its actions exist as proposals carrying one approval."""
+        out = []
+        existing = {
+            a.kind: a
+            for a in s.execute(
+                select(Action).where(Action.decision_id == item.decision_id,
+                                     Action.status == ActionStatus.PROPOSED)
+            ).scalars()
+        }
+        for k in kinds:
+            a = existing.get(k) or self._new_action(
+                s, decision_id=item.decision_id, item_id=item.id, kind=k,
+                account_id=item.account_id, content_sha256=item.content_sha256,
+                actor=verdict.reviewer_id,
+            )
+            a.approver_1, a.approver_1_verdict_id = verdict.reviewer_id, verdict.id
+            a.item_id = item.id
+            out.append(a)
+        s.flush()
+        return out
+
+    def _escalate(
+        self, s: Session, item: ReviewItem, row: VerdictRow, first: VerdictRow, second: VerdictRow
+    ) -> DecideResult:
+        now = self.clock()
+        self._item_transition(
+            s, item.id, "escalate", actor=row.reviewer_id,
+            values={"claimed_by": None, "lease_expires_at": None, "resolved_at": now},
+            data={"verdicts": [first.verdict, second.verdict]},
+        )
+        for a in s.execute(
+            select(Action).where(Action.decision_id == item.decision_id,
+                                 Action.status == ActionStatus.PROPOSED)
+        ).scalars().all():
+            a.approver_1 = a.approver_1_verdict_id = None
+            s.flush()
+            self._action_transition(s, a.id, "cancel", actor=SYSTEM,
+                                    data={"reason": "reviewers disagreed; escalated"})
+        senior = self.config.rules(item.queue).escalate_to or self.config.escalation_queue
+        new_id = self._new_item(
+            s, decision_id=item.decision_id, kind=ItemKind.ESCALATION, queue=senior,
+            severity=item.severity, priority=item.priority + 50,
+            reviewers_required=item.reviewers_required, account_id=item.account_id,
+            content_sha256=item.content_sha256, parent_item_id=item.id,
+        )
+        return DecideResult(item.id, ItemStatus.ESCALATED, row.id, [], escalated_to=new_id)
+
+    def _resolve(
+        self, s: Session, item: ReviewItem, v: Verdict, verdicts: Sequence[VerdictRow]
+    ) -> list[Action]:
+        approvers = verdicts[-2:] if len(verdicts) >= 2 else verdicts[-1:]
+        if item.kind == ItemKind.QA:
+            return []
+        if item.kind in (ItemKind.APPEAL, ItemKind.CONTEXT):
+            upheld = v in BENIGN
+            appeal = s.execute(select(Appeal).where(Appeal.item_id == item.id)).scalar()
+            if appeal is not None:
+                appeal.status = "upheld" if upheld else "rejected"
+                appeal.resolved_at = self.clock()
+                self._audit(s, actor=approvers[-1].reviewer_id, event=f"appeal.{appeal.status}",
+                            subject_type="appeal", subject_id=appeal.id,
+                            data={"decision_id": item.decision_id})
+            if upheld:
+                return self._overturn(s, item, approvers[-1])
+            # confirmed: actions waiting on this look may now proceed when due
+            return []
+        kinds = [ActionKind(k) for k in approvers[-1].proposed_actions]
+        open_ = {
+            a.kind: a
+            for a in s.execute(
+                select(Action).where(Action.decision_id == item.decision_id,
+                                     Action.status == ActionStatus.PROPOSED)
+            ).scalars()
+        }
+        out: list[Action] = []
+        for k in kinds:
+            a = open_.pop(k, None) or self._new_action(
+                s, decision_id=item.decision_id, item_id=item.id, kind=k,
+                account_id=item.account_id, content_sha256=item.content_sha256,
+                actor=approvers[-1].reviewer_id,
+            )
+            a.item_id = item.id
+            a.approver_1, a.approver_1_verdict_id = approvers[0].reviewer_id, approvers[0].id
+            if len(approvers) == 2:
+                a.approver_2, a.approver_2_verdict_id = approvers[1].reviewer_id, approvers[1].id
+            s.flush()
+            a = self._action_transition(
+                s, a.id, "approve", actor=approvers[-1].reviewer_id,
+                data={"approvers": [x.reviewer_id for x in approvers]},
+            )
+            out.append(self._schedule(s, a))
+        for a in open_.values():  # suggestions the reviewers did not confirm
+            self._action_transition(s, a.id, "cancel", actor=approvers[-1].reviewer_id,
+                                    data={"reason": "not confirmed by the verdict"})
+        if v in BENIGN:
+            out += self._overturn(s, item, approvers[-1])
+        return out
+
+    def _overturn(self, s: Session, item: ReviewItem, by: VerdictRow) -> list[Action]:
+        """A person found no violation: cancel what has not run, reverse what has."""
+        out: list[Action] = []
+        for a in s.execute(
+            select(Action).where(Action.decision_id == item.decision_id).order_by(Action.id)
+        ).scalars().all():
+            if a.status in (ActionStatus.PROPOSED, ActionStatus.APPROVED, ActionStatus.NOTIFIED):
+                self._action_transition(s, a.id, "cancel", actor=by.reviewer_id,
+                                        data={"reason": f"overturned by item {item.id}"})
+            elif (
+                a.status == ActionStatus.EXECUTED
+                and a.reverses_action_id is None
+                and ActionKind(a.kind) in REVERSAL
+            ):
+                r = self._new_action(
+                    s, decision_id=a.decision_id, item_id=item.id,
+                    kind=REVERSAL[ActionKind(a.kind)],
+                    account_id=a.account_id, content_sha256=a.content_sha256,
+                    reverses=a.id, approver=(by.reviewer_id, by.id), actor=by.reviewer_id,
+                )
+                r = self._action_transition(s, r.id, "approve", actor=by.reviewer_id)
+                out.append(r)
+        return out
+
+    def _schedule(self, s: Session, a: Action) -> Action:
+        """After approval: account actions other than urgent ones first notify the user, who
+        may answer with their context before the action runs; erasure waits for the window."""
+        now = self.clock()
+        if a.target == "account" and not a.urgent and a.kind not in REVERSAL_TARGETS:
+            deadline = now + self.config.notice_period
+            if a.not_before is not None:
+                deadline = max(deadline, a.not_before)
+            a = self._action_transition(s, a.id, "notify", actor=SYSTEM,
+                                        values={"not_before": deadline},
+                                        data={"notice_until": deadline.isoformat()})
+            self._outbox(
+                s, topic="notice", key=f"notice:{a.id}",
+                payload={"action_id": a.id, "kind": a.kind, "account_id": a.account_id,
+                         "decision_id": a.decision_id, "reply_until": deadline.isoformat()},
+            )
+        return a
+
+    # ---- execution -----------------------------------------------------------------------
+    def execute(self, s: Session, *, action_id: int, actor: str) -> Action:
+        a = s.execute(select(Action).where(Action.id == action_id).with_for_update()).scalar()
+        if a is None:
+            raise NotFound(f"no action {action_id}")
+        if a.status == ActionStatus.PROPOSED:
+            raise ActionNotApproved(
+                f"action {action_id} ({a.kind}) is only proposed: no reviewer has approved it"
+            )
+        if a.status not in (ActionStatus.APPROVED, ActionStatus.NOTIFIED):
+            raise InvalidTransition(f"action {action_id} is {a.status}; nothing to execute")
+        now = self.clock()
+        if a.not_before is not None and a.not_before > now:
+            raise ActionNotDue(f"action {action_id} ({a.kind}) is not due before "
+                               f"{a.not_before.isoformat()}")
+        if self._under_review(s, a.decision_id):
+            raise ActionNotDue(f"action {action_id}: the decision is under review again")
+        return self._execute(s, a, actor=actor)
+
+    def _under_review(self, s: Session, decision_id: str) -> bool:
+        return s.execute(
+            select(
+                exists().where(
+                    ReviewItem.decision_id == decision_id,
+                    ReviewItem.status.in_(OPEN_ITEM_STATUSES),
+                    ReviewItem.kind != ItemKind.QA,
+                    # the initial item of a held decision is what the hold waits for
+                )
+            )
+        ).scalar_one()
+
+    def _execute(self, s: Session, a: Action, *, actor: str) -> Action:
+        if a.kind not in AUTOMATED_ACTIONS and a.approver_1 is None:  # belt and braces; the
+            raise ActionNotApproved()  # database refuses it too (ck_action_human_approved)
+        a = self._action_transition(s, a.id, "execute", actor=actor,
+                                    values={"executed_at": self.clock()})
+        if a.reverses_action_id is not None:
+            self._action_transition(s, a.reverses_action_id, "reverse", actor=actor,
+                                    data={"by_action": a.id})
+        self._outbox(
+            s, topic="action", key=f"action:{a.id}",
+            payload={**action_dict(a), "statement_url": f"/v1/decisions/{a.decision_id}"},
+        )
+        return a
+
+    def execute_due(self, s: Session, *, actor: str = SYSTEM, limit: int = 100) -> list[Action]:
+        """Execute every approved action that is due and whose decision no one is reviewing."""
+        now = self.clock()
+        busy = exists().where(
+            ReviewItem.decision_id == Action.decision_id,
+            ReviewItem.status.in_(OPEN_ITEM_STATUSES),
+            ReviewItem.kind != ItemKind.QA,
+        )
+        due = s.execute(
+            select(Action)
+            .where(
+                Action.status.in_([ActionStatus.APPROVED, ActionStatus.NOTIFIED]),
+                or_(Action.not_before.is_(None), Action.not_before <= now),
+                ~busy,
+            )
+            .order_by(Action.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=Action)
+        ).scalars().all()
+        return [self._execute(s, a, actor=actor) for a in due]
+
+    def list_actions(
+        self, s: Session, *, status: str | None = None, decision_id: str | None = None,
+        limit: int = 200,
+    ) -> list[dict[str, Any]]:
+        q = select(Action).order_by(Action.id).limit(limit)
+        if status:
+            q = q.where(Action.status == status)
+        if decision_id:
+            q = q.where(Action.decision_id == decision_id)
+        return [action_dict(a) for a in s.execute(q).scalars()]
+
+    # ---- the user's voice: appeals and context ----------------------------------------------
+    def appeal(
+        self, s: Session, *, decision_id: str, statement: str,
+        context: Mapping[str, Any] | None = None,
+    ) -> int:
+        now = self.clock()
+        d = s.get(Decision, decision_id)
+        if d is None:
+            raise NotFound(f"no decision {decision_id}")
+        if d.created_at + self.config.appeal_window < now:
+            raise AppealNotAllowed("the appeal window for this decision has closed")
+        acted = s.execute(
+            select(exists().where(Action.decision_id == decision_id,
+                                  Action.status != ActionStatus.CANCELLED))
+        ).scalar_one()
+        if d.outcome == "allow" and not acted:
+            raise AppealNotAllowed("nothing was done to this content; there is nothing to appeal")
+        open_appeal = s.execute(
+            select(Appeal.id).where(Appeal.decision_id == decision_id, Appeal.status == "open")
+        ).scalar()
+        if open_appeal is not None:
+            raise AppealNotAllowed(f"appeal {open_appeal} for this decision is still open")
+        upload = s.get(Upload, d.upload_id)
+        assert upload is not None
+        item_id = self._new_item(
+            s, decision_id=decision_id, kind=ItemKind.APPEAL, queue=self.config.appeals_queue,
+            severity="appeal", priority=500, reviewers_required=1, account_id=upload.account_id,
+            content_sha256=upload.content_sha256,
+        )
+        ap = Appeal(decision_id=decision_id, item_id=item_id, statement=statement,
+                    context=dict(context or {}), status="open", created_at=now)
+        s.add(ap)
+        s.flush()
+        self._audit(s, actor=f"account:{upload.account_id}", event="appeal.filed",
+                    subject_type="appeal", subject_id=ap.id,
+                    data={"decision_id": decision_id, "item_id": item_id})
+        return ap.id
+
+    def provide_context(
+        self, s: Session, *, decision_id: str, statement: str,
+        context: Mapping[str, Any] | None = None,
+    ) -> int:
+        """The user's reply to a notice or a request for context re-enters review before any
+        action runs.  Returns the review item that will look at it."""
+        d = s.get(Decision, decision_id)
+        if d is None:
+            raise NotFound(f"no decision {decision_id}")
+        upload = s.get(Upload, d.upload_id)
+        assert upload is not None
+        actor = f"account:{upload.account_id}"
+        waiting = s.execute(
+            select(ReviewItem.id).where(ReviewItem.decision_id == decision_id,
+                                        ReviewItem.status == ItemStatus.AWAITING_CONTEXT)
+        ).scalar()
+        data = {"statement": statement[:2000], "context": dict(context or {})}
+        if waiting is not None:
+            self._item_transition(s, waiting, "context_received", actor=actor, data=data)
+            return waiting
+        pending = s.execute(
+            select(exists().where(Action.decision_id == decision_id,
+                                  Action.status == ActionStatus.NOTIFIED))
+        ).scalar_one()
+        if not pending:
+            raise AppealNotAllowed("no notice is waiting for a reply; file an appeal instead")
+        item_id = self._new_item(
+            s, decision_id=decision_id, kind=ItemKind.CONTEXT, queue=self.config.appeals_queue,
+            severity="context", priority=600, reviewers_required=1, account_id=upload.account_id,
+            content_sha256=upload.content_sha256,
+        )
+        s.add(Appeal(decision_id=decision_id, item_id=item_id, statement=statement,
+                     context=dict(context or {}), status="open", created_at=self.clock()))
+        self._audit(s, actor=actor, event="context.received", subject_type="review_item",
+                    subject_id=item_id, data=data)
+        return item_id
+
+    # ---- reading -------------------------------------------------------------------------
+    def statement_of_reasons(self, s: Session, decision_id: str) -> dict[str, Any]:
+        """One record a user notice or an auditor can read: detected, model, policy, context,
+        who reviewed, what was decided, how to appeal."""
+        d = s.get(Decision, decision_id)
+        if d is None:
+            raise NotFound(f"no decision {decision_id}")
+        upload = s.get(Upload, d.upload_id)
+        assert upload is not None
+        items = s.execute(
+            select(ReviewItem).where(ReviewItem.decision_id == decision_id).order_by(ReviewItem.id)
+        ).scalars().all()
+        reviews = []
+        for it in items:
+            vs = s.execute(
+                select(VerdictRow).where(VerdictRow.item_id == it.id).order_by(VerdictRow.id)
+            ).scalars().all()
+            closed = it.status not in OPEN_ITEM_STATUSES
+            reviews.append({
+                "item_id": it.id, "kind": it.kind, "queue": it.queue, "status": it.status,
+                "resolution": it.resolution,
+                "verdicts": [
+                    {"reviewer": v.reviewer_id, "verdict": v.verdict, "categories": v.categories,
+                     "note": v.note, "at": v.created_at.isoformat()}
+                    for v in vs
+                ] if closed else [],
+            })
+        appeals = [
+            {"id": a.id, "status": a.status, "statement": a.statement,
+             "filed_at": a.created_at.isoformat()}
+            for a in s.execute(select(Appeal).where(Appeal.decision_id == decision_id)).scalars()
+        ]
+        window_ends = d.created_at + self.config.appeal_window
+        return {
+            "decision_id": d.id,
+            "upload": {"id": upload.external_id, "account_id": upload.account_id,
+                       "content_sha256": upload.content_sha256,
+                       "received_at": upload.received_at.isoformat()},
+            "outcome": d.outcome,
+            "queue": d.queue,
+            "detected": d.scores,
+            "model_version": d.model_version,
+            "policy_version": d.policy_version,
+            "rules": d.reasons.get("rules", []),
+            "context": upload.context,
+            "context_effects": d.reasons.get("routing", []),
+            "reviews": reviews,
+            "actions": self.list_actions(s, decision_id=decision_id),
+            "appeals": appeals,
+            "how_to_appeal": {
+                "until": window_ends.isoformat(),
+                "how": f"POST /v1/appeals with decision_id {d.id} and your own context; "
+                       "a reviewer who did not decide it before will look again.",
+            },
+        }
+
+    def stats(self, s: Session) -> list[dict[str, Any]]:
+        now = self.clock()
+        rows = s.execute(
+            select(
+                ReviewItem.queue,
+                func.count(),
+                func.min(ReviewItem.created_at),
+                func.sum(func.cast(ReviewItem.due_at < now, type_=Integer)),
+                func.sum(func.cast(ReviewItem.status == ItemStatus.CLAIMED, type_=Integer)),
+            )
+            .where(ReviewItem.status.in_(OPEN_ITEM_STATUSES))
+            .group_by(ReviewItem.queue)
+        ).all()
+        by_queue = {r[0]: r for r in rows}
+        out = []
+        for q in sorted(set(self.config.queues) | set(by_queue)):
+            r = by_queue.get(q)
+            oldest = r[2] if r else None
+            out.append({
+                "queue": q,
+                "depth": int(r[1]) if r else 0,
+                "claimed": int(r[4] or 0) if r else 0,
+                "oldest_age_s": round((now - oldest).total_seconds(), 1) if oldest else 0.0,
+                "breaches": int(r[3] or 0) if r else 0,
+                "sla_s": (
+                    self.config.queues[q].sla.total_seconds() if q in self.config.queues else None
+                ),
+            })
+        return out
+
+
+#: reversals are restorative: they run at once, with no notice period
+REVERSAL_TARGETS = frozenset(REVERSAL.values())
+
+
+def _agree(a: VerdictRow, b: VerdictRow) -> bool:
+    """Two verdicts agree when they reach the same conclusion and approve the same actions."""
+    return a.verdict == b.verdict and set(a.proposed_actions) == set(b.proposed_actions)
+
+
