@@ -18,6 +18,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOOKFIRST_", extra="ignore", frozen=True)
 
     environment: Literal["development", "production"] = "development"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     data_dir: Path = Path("var")
     #: SQLAlchemy URL; default: SQLite file under data_dir
     database_url: str | None = None
@@ -46,6 +47,26 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     signing_key: str = DEV_SECRET
+    #: the most images one model call takes when concurrent requests are coalesced
+    api_batch_max_size: int = Field(default=16, ge=1, le=256)
+    #: how long the first request of a batch waits for company before the model runs
+    api_batch_max_wait_ms: float = Field(default=4.0, ge=0, le=1000)
+    #: classify requests admitted at once (reading, decoding, queued, scoring); above it: 503
+    api_queue_limit: int = Field(default=64, ge=1, le=10_000)
+    #: threads that decode uploads (Pillow releases the GIL); 0 = one per core, at most 4
+    api_decode_workers: int = Field(default=0, ge=0, le=64)
+    #: default per-key rate; a key's own `rate_per_minute` overrides it
+    api_rate_per_minute: int = Field(default=600, ge=1)
+    #: the token bucket holds this many seconds' worth of requests (the allowed burst)
+    api_rate_burst_seconds: float = Field(default=10.0, gt=0, le=3600)
+    #: JSON bodies of the non-upload endpoints (appeals, verdicts) are refused above this
+    api_max_json_bytes: int = Field(default=64 * 1024, ge=1024)
+    #: a stored Idempotency-Key response is replayed for this long, then the key is free
+    api_idempotency_hours: int = Field(default=24, ge=1)
+    #: verified keys are cached this long; a revoked key stops working within it
+    api_key_cache_s: float = Field(default=5.0, ge=0, le=300)
+    #: load the model when the server starts (readiness is 503 until it has loaded)
+    api_preload_model: bool = True
 
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_production(self) -> Settings:

@@ -264,6 +264,12 @@ class Action(Base):
             name="two_people",
         ),
         CheckConstraint("approver_2 IS NULL OR approver_1 IS NOT NULL", name="approver_order"),
+        # the approver foreign keys below are MATCH SIMPLE: a name without its verdict id would
+        # not be checked at all, so each name comes with its verdict or not at all
+        CheckConstraint("(approver_1 IS NULL) = (approver_1_verdict_id IS NULL)",
+                        name="approver_1_has_verdict"),
+        CheckConstraint("(approver_2 IS NULL) = (approver_2_verdict_id IS NULL)",
+                        name="approver_2_has_verdict"),
         CheckConstraint("kind <> 'delete_data' OR not_before IS NOT NULL", name="erasure_waits"),
         CheckConstraint(
             "(status = 'executed' OR status = 'reversed') = (executed_at IS NOT NULL)",
@@ -356,3 +362,41 @@ class AuditHead(Base):
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
     __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+
+class ApiKey(Base):
+    """A key for the REST API.  Only the sha256 of the key is stored; the prefix names it."""
+
+    __tablename__ = "api_key"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100))
+    #: the first characters of the key, shown in listings and logs to tell keys apart
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[Any]]
+    #: None: the server's default rate
+    rate_per_minute: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime]
+    revoked_at: Mapped[dt.datetime | None]
+    __table_args__ = (
+        CheckConstraint("length(secret_sha256) = 64", name="sha256_len"),
+        CheckConstraint("rate_per_minute IS NULL OR rate_per_minute > 0", name="rate_positive"),
+    )
+
+
+class IdempotencyRecord(Base):
+    """The stored response to a request sent with an Idempotency-Key, per API key."""
+
+    __tablename__ = "idempotency"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_key.id"))
+    key: Mapped[str] = mapped_column(String(255))
+    #: sha256 of what the request asked for; the same key with another request is refused
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict[str, Any]]
+    created_at: Mapped[dt.datetime]
+    __table_args__ = (
+        UniqueConstraint("api_key_id", "key", name="uq_idempotency_api_key_key"),
+        Index("ix_idempotency_created_at", "created_at"),
+    )

@@ -901,6 +901,9 @@ class ReviewService:
             )
             return DecideResult(item_id, ItemStatus.AWAITING_CONTEXT, row.id, [])
 
+        # a request for context is not a conclusion: it neither counts towards the verdicts
+        # needed nor disagrees with the verdict given once the context is in
+        verdicts = [vv for vv in verdicts if vv.verdict != Verdict.NEED_MORE_CONTEXT]
         needed = item.reviewers_required
         if any(k in IRREVERSIBLE_ACTIONS for vv in verdicts for k in vv.proposed_actions):
             needed = 2  # invariant 2: irreversible steps need two people

@@ -237,6 +237,8 @@ def upgrade() -> None:
     sa.CheckConstraint("status IN ('approved', 'cancelled', 'executed', 'notified', 'proposed', 'reversed')", name=op.f('ck_action_status')),
     sa.CheckConstraint("status IN ('proposed', 'cancelled') OR approver_1 IS NOT NULL OR kind IN ('hold_content')", name=op.f('ck_action_human_approved')),
     sa.CheckConstraint('approver_2 IS NULL OR approver_1 IS NOT NULL', name=op.f('ck_action_approver_order')),
+    sa.CheckConstraint('(approver_1 IS NULL) = (approver_1_verdict_id IS NULL)', name=op.f('ck_action_approver_1_has_verdict')),
+    sa.CheckConstraint('(approver_2 IS NULL) = (approver_2_verdict_id IS NULL)', name=op.f('ck_action_approver_2_has_verdict')),
     sa.ForeignKeyConstraint(['approver_1_verdict_id', 'approver_1'], ['verdict.id', 'verdict.reviewer_id'], name='fk_action_approver_1_verdict'),
     sa.ForeignKeyConstraint(['approver_2_verdict_id', 'approver_2'], ['verdict.id', 'verdict.reviewer_id'], name='fk_action_approver_2_verdict'),
     sa.ForeignKeyConstraint(['decision_id'], ['decision.id'], name=op.f('fk_action_decision_id_decision')),

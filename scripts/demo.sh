@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# `make run`: the main job on the bundled sample photos, end to end, with the real model.
+# Scores are real (NudeNet on benign photos); the reviewers' verdicts below are scripted so the
+# demo can show every step, and say so.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+LF="$VENV/bin/lookfirst"
+PY="$VENV/bin/python"
+export ORT_DISABLE_TELEMETRY=1
+export LOOKFIRST_DATA_DIR=${LOOKFIRST_DATA_DIR:-var/demo}
+# a clearly labelled demo policy: it routes faces to a 'demo' queue so benign photos show both
+# paths (allow and review).  Never use it in production; the default policy is policies/default.yaml
+export LOOKFIRST_POLICY_PATH=${LOOKFIRST_POLICY_PATH:-pipeline/policies/demo.yaml}
+export LOOKFIRST_NOTICE_PERIOD_HOURS=${LOOKFIRST_NOTICE_PERIOD_HOURS:-0}
+rm -rf "$LOOKFIRST_DATA_DIR"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+field() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print(d$1)"; }
+
+step "1. database (SQLite under $LOOKFIRST_DATA_DIR) and reviewers"
+"$LF" db upgrade >/dev/null
+"$LF" policy validate "$LOOKFIRST_POLICY_PATH"
+"$LF" reviewers add dana --queue demo --queue qa --queue appeals >/dev/null
+"$LF" reviewers add eli --queue demo --queue appeals --queue medical --role medical >/dev/null
+"$LF" reviewers list
+
+step "2. the batch job: score samples/manifest.jsonl with each upload's context"
+"$LF" batch samples/manifest.jsonl --out "$LOOKFIRST_DATA_DIR/results.jsonl"
+
+step "3. the review queue (nothing has been done to any account)"
+"$LF" review list
+"$LF" review stats
+
+step "4. reviewer dana claims the most urgent item"
+ITEM_JSON=$("$LF" review claim --reviewer dana --json)
+ITEM=$(echo "$ITEM_JSON" | field '["id"]')
+DECISION=$(echo "$ITEM_JSON" | field '["decision_id"]')
+SHOW=$("$LF" review show "$ITEM" --reviewer dana --json)
+"$PY" - "$SHOW" <<'PYEOF'
+import json, sys
+d = json.loads(sys.argv[1])
+print(f"item {d['id']} queue={d['queue']} outcome={d['outcome']} scores={d['scores']}")
+print("context:", d["context"])
+for r in d["reasons"]["rules"]:
+    if r["fired"]:
+        print(f"  fired {r['rule']}: score {r['score']} >= threshold {r['threshold']}")
+print("proposed actions (proposals only):", d["proposed_actions"])
+PYEOF
+
+step "5. an attempt to execute the proposal before a person has decided is refused"
+PROPOSED=$("$LF" actions list --decision "$DECISION" --status proposed --json | field '[0]["id"]')
+if "$LF" actions execute "$PROPOSED"; then echo "BUG: executed without a verdict"; exit 1; fi
+
+step "6. dana decides (scripted demo verdict: violating, to show the enforcement path)"
+"$LF" review decide "$ITEM" --reviewer dana --verdict violating --category person.face \
+  --note "scripted demo verdict"
+"$LF" actions execute
+"$LF" actions list --decision "$DECISION"
+
+step "7. the user appeals with their own context; eli (who did not decide it) upholds it"
+"$LF" review appeal "$DECISION" --statement "It is a portrait of an astronaut; nothing wrong."
+APPEAL_ITEM=$("$LF" review claim --reviewer eli --queue appeals --json | field '["id"]')
+"$LF" review decide "$APPEAL_ITEM" --reviewer eli --verdict benign --note "appeal upheld"
+"$LF" actions execute
+"$LF" actions list --decision "$DECISION"
+
+step "8. the statement of reasons for that decision (what a user notice or an auditor reads)"
+SOR=$("$LF" decisions show "$DECISION" --json)
+"$PY" - "$SOR" <<'PYEOF'
+import json, sys
+d = json.loads(sys.argv[1])
+keep = ("outcome", "model_version", "policy_version", "detected", "context", "reviews",
+        "actions", "how_to_appeal")
+print(json.dumps({k: d[k] for k in keep}, indent=2))
+PYEOF
+
+step "9. the outbox (messages for the platform) and the audit chain"
+"$LF" outbox status
+"$LF" audit verify
+echo
+echo "Done. Try: $LF review list --all   |   $LF --help"
