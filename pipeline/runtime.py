@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any
-
-import datetime as dt
 
 from models.base import Scorer
 from pipeline.blobs import LocalBlobStore

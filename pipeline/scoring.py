@@ -202,7 +202,9 @@ class Orchestrator:
         scored.policy_version = d.policy_version
         scored.reasons = dict(d.reasons)
 
-    def _decide(self, scored: Scored, image: IngestedImage, data: bytes, result: ScoreResult) -> None:
+    def _decide(
+        self, scored: Scored, image: IngestedImage, data: bytes, result: ScoreResult
+    ) -> None:
         rt = self.rt
         req = scored.request
         decision: PolicyDecision = rt.policy.evaluate(
