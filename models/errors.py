@@ -29,3 +29,58 @@ class BadModelInput(ModelError):
     """Images given to a scorer must be H x W x 3 uint8 RGB arrays."""
 
     code = "model.bad_input"
+
+
+# ---- the trainable classifier (models/classifier) ------------------------------------------
+class ModelDependencyMissing(ModelError):
+    """An optional dependency of this model backend is not installed (pip install '.[torch]')."""
+
+    code = "model.dependency_missing"
+
+
+class DatasetError(ModelError):
+    """The labelled dataset (manifest or its images) is invalid."""
+
+    code = "model.dataset_invalid"
+    #: the user's input is at fault, not a dependency: the CLI exits 2
+    user_error = True
+
+
+class UnknownArchitecture(ModelError):
+    """No classifier architecture is registered under that name."""
+
+    code = "model.unknown_architecture"
+    user_error = True
+
+
+class CheckpointInvalid(ModelError):
+    """The file is not a lookfirst classifier checkpoint, or it is damaged."""
+
+    code = "model.checkpoint_invalid"
+    user_error = True
+
+
+class ModelCardInvalid(ModelError):
+    """The classifier's model card is missing fields or contradicts its model file."""
+
+    code = "model.card_invalid"
+
+
+class ExportParityFailed(ModelError):
+    """The exported ONNX model does not score like the torch model it came from."""
+
+    code = "model.parity_failed"
+
+
+class DuplicateModel(ModelError):
+    """A model with this name and version is already registered."""
+
+    code = "model.duplicate"
+    user_error = True
+
+
+class ModelNotRegistered(ModelError):
+    """No registered model matches that name (and version)."""
+
+    code = "model.not_registered"
+    user_error = True

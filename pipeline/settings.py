@@ -68,6 +68,28 @@ class Settings(BaseSettings):
     #: load the model when the server starts (readiness is 503 until it has loaded)
     api_preload_model: bool = True
 
+    # ---- Label Studio (the reviewer UI; lookfirst stays the system of record)
+    #: the Label Studio server (`make run` starts one here; or point at an existing one)
+    labelstudio_url: str = "http://127.0.0.1:8080"
+    #: its API token (the bootstrap admin's legacy token for the local server)
+    labelstudio_token: str | None = None
+    #: sent by Label Studio in X-Lookfirst-Webhook-Secret with every webhook
+    labelstudio_webhook_secret: str = DEV_SECRET
+    #: where the reviewer's browser reaches lookfirst's API (previews, originals)
+    labelstudio_public_api_url: str = "http://127.0.0.1:8000"
+    #: where Label Studio posts webhooks; default: the public API URL's receiver
+    labelstudio_webhook_url: str | None = None
+    #: a preview link must outlive the task's wait in the queue (fetched many times per view)
+    labelstudio_preview_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    #: the link that reveals the original (each use is audited)
+    labelstudio_original_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    #: Label Studio's lock on a task after a reviewer opens it (its default is a day)
+    labelstudio_task_lock_ttl_s: int = Field(default=300, ge=30)
+    labelstudio_timeout_s: float = Field(default=10.0, gt=0)
+    #: the bootstrap admin `make run` creates for the local server
+    labelstudio_admin_email: str = "admin@lookfirst.local"
+    labelstudio_admin_password: str = DEV_SECRET
+
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_production(self) -> Settings:
         if self.environment == "production":

@@ -29,6 +29,9 @@ from review.schema import Outbox
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Lookfirst-Signature"
+#: topics under this prefix are for lookfirst's own sinks (Label Studio tasks): the platform's
+#: worker never sends them, and a sink given `topics` leases only its own
+INTERNAL_TOPIC_PREFIX = "labelstudio."
 TIMESTAMP_HEADER = "X-Lookfirst-Timestamp"
 
 
@@ -75,8 +78,10 @@ class OutboxWorker:
         clock: Callable[[], dt.datetime] | None = None,
         client: httpx.Client | None = None,
         rng: random.Random | None = None,
+        topics: frozenset[str] | None = None,
     ) -> None:
         self.db = db
+        self.topics = topics
         self.url = url
         self.secret = secret
         self.policy = policy or DeliveryPolicy()
@@ -92,7 +97,9 @@ class OutboxWorker:
         with self.db.transaction() as s:
             rows = s.execute(
                 select(Outbox)
-                .where(Outbox.status == "pending", Outbox.next_attempt_at <= now)
+                .where(Outbox.status == "pending", Outbox.next_attempt_at <= now,
+                       Outbox.topic.in_(sorted(self.topics)) if self.topics is not None
+                       else ~Outbox.topic.startswith(INTERNAL_TOPIC_PREFIX))
                 .order_by(Outbox.id)
                 .limit(limit)
                 .with_for_update(skip_locked=True)

@@ -163,6 +163,9 @@ class ReviewItem(Base):
     claimed_by: Mapped[str | None] = mapped_column(ForeignKey("reviewer.id"))
     lease_expires_at: Mapped[dt.datetime | None]
     due_at: Mapped[dt.datetime]
+    #: the claim order: the SLA deadline brought forward by priority.  Ordering by it ranks
+    #: items by (time to breach - weight x priority), since "now" is the same for every row
+    rank_at: Mapped[dt.datetime]
     resolution: Mapped[str | None] = mapped_column(String(24))
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
@@ -192,7 +195,7 @@ class ReviewItem(Base):
             postgresql_where=text("kind = 'initial'"),
         ),
         # the claim query: open items by queue, priority then age
-        Index("ix_review_item_claim", "queue", "status", "priority", "due_at", "id"),
+        Index("ix_review_item_claim", "queue", "status", "rank_at", "id"),
         Index("ix_review_item_lease", "status", "lease_expires_at"),
     )
 
@@ -400,3 +403,68 @@ class IdempotencyRecord(Base):
         UniqueConstraint("api_key_id", "key", name="uq_idempotency_api_key_key"),
         Index("ix_idempotency_created_at", "created_at"),
     )
+
+
+# ---- Label Studio sync (the reviewer UI); lookfirst stays the system of record ---------------
+class LabelStudioProject(Base):
+    """The Label Studio project that shows one review queue."""
+
+    __tablename__ = "labelstudio_project"
+    queue: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[int] = mapped_column(Integer, unique=True)
+    #: sha256 of the labelling config last validated and applied
+    config_sha256: Mapped[str] = mapped_column(String(64))
+    maximum_annotations: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+class LabelStudioTask(Base):
+    """One review item shown as one Label Studio task: at most one task per item."""
+
+    __tablename__ = "labelstudio_task"
+    item_id: Mapped[int] = mapped_column(ForeignKey("review_item.id"), primary_key=True)
+    project_id: Mapped[int] = mapped_column(Integer)
+    task_id: Mapped[int] = mapped_column(Integer, unique=True)
+    created_at: Mapped[dt.datetime]
+
+
+class LabelStudioReviewer(Base):
+    """A Label Studio user (by email) acting as a lookfirst reviewer."""
+
+    __tablename__ = "labelstudio_reviewer"
+    email: Mapped[str] = mapped_column(String(254), primary_key=True)
+    reviewer_id: Mapped[str] = mapped_column(ForeignKey("reviewer.id"))
+    ls_user_id: Mapped[int | None] = mapped_column(Integer, unique=True)
+    created_at: Mapped[dt.datetime]
+
+
+class LabelStudioAnnotation(Base):
+    """Each Label Studio annotation is judged once: recorded as a verdict, or refused."""
+
+    __tablename__ = "labelstudio_annotation"
+    annotation_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    task_id: Mapped[int] = mapped_column(Integer)
+    item_id: Mapped[int] = mapped_column(ForeignKey("review_item.id"))
+    ls_user_id: Mapped[int | None] = mapped_column(Integer)
+    reviewer_id: Mapped[str | None] = mapped_column(String(128))
+    #: recorded | refused (not a verdict: unknown or not entitled user, bad form, closed item)
+    status: Mapped[str] = mapped_column(String(16))
+    code: Mapped[str | None] = mapped_column(String(64))
+    verdict_id: Mapped[int | None] = mapped_column(ForeignKey("verdict.id"))
+    #: how the annotation reached lookfirst: webhook | poller
+    via: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime]
+    __table_args__ = (
+        _enum_check("status", {"recorded", "refused"}, "status"),
+        Index("ix_labelstudio_annotation_item", "item_id"),
+    )
+
+
+class LabelStudioSync(Base):
+    """Named sync state (last poll, last error) for `lookfirst labelstudio status`."""
+
+    __tablename__ = "labelstudio_sync"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict[str, Any]]
+    updated_at: Mapped[dt.datetime]

@@ -93,6 +93,8 @@ class ReviewConfig:
     escalation_queue: str = "senior"
     urgent_actions: frozenset[str] = frozenset({ActionKind.REPORT})
     lease: dt.timedelta = dt.timedelta(minutes=15)
+    #: how far one point of priority brings an item forward in its queue's order
+    priority_weight: dt.timedelta = dt.timedelta(minutes=10)
     appeal_window: dt.timedelta = dt.timedelta(days=180)
     notice_period: dt.timedelta = dt.timedelta(hours=72)
 
@@ -538,6 +540,7 @@ class ReviewService:
             content_sha256=content_sha256,
             parent_item_id=parent_item_id,
             due_at=now + rules.sla,
+            rank_at=now + rules.sla - priority * self.config.priority_weight,
             created_at=now,
             updated_at=now,
         )
@@ -616,7 +619,7 @@ class ReviewService:
             q = q.where(ReviewItem.queue == queue)
         if statuses:
             q = q.where(ReviewItem.status.in_(list(statuses)))
-        q = q.order_by(ReviewItem.priority.desc(), ReviewItem.due_at, ReviewItem.id).limit(limit)
+        q = q.order_by(ReviewItem.rank_at, ReviewItem.id).limit(limit)
         return [self._view(s, it, viewer) for it in s.execute(q).scalars().all()]
 
     def show(self, s: Session, item_id: int, *, viewer: str | None) -> ItemView:
@@ -714,7 +717,8 @@ class ReviewService:
         queue: str | None = None,
         item_id: int | None = None,
     ) -> ItemView:
-        """Lease the most urgent item the reviewer may take: priority, then deadline, then age.
+        """Lease the most urgent item the reviewer may take: the earliest `rank_at` (the SLA
+        deadline brought forward by severity-derived priority), then the oldest.
 
         PostgreSQL: `FOR UPDATE SKIP LOCKED`, so concurrent claimers never wait on or take the
         same row.  SQLite: the transaction already holds the single write lock."""
@@ -770,7 +774,7 @@ class ReviewService:
                 or_(ReviewItem.kind.not_in([ItemKind.APPEAL, ItemKind.ESCALATION]),
                     ~exists(decided_before)),
             )
-            .order_by(ReviewItem.priority.desc(), ReviewItem.due_at, ReviewItem.id)
+            .order_by(ReviewItem.rank_at, ReviewItem.id)
             .limit(1)
             .with_for_update(skip_locked=True, of=ReviewItem)
         )
@@ -1181,7 +1185,7 @@ class ReviewService:
         assert upload is not None
         item_id = self._new_item(
             s, decision_id=decision_id, kind=ItemKind.APPEAL, queue=self.config.appeals_queue,
-            severity="appeal", priority=500, reviewers_required=1, account_id=upload.account_id,
+            severity="appeal", priority=60, reviewers_required=1, account_id=upload.account_id,
             content_sha256=upload.content_sha256,
         )
         ap = Appeal(decision_id=decision_id, item_id=item_id, statement=statement,
@@ -1221,7 +1225,7 @@ class ReviewService:
             raise AppealNotAllowed("no notice is waiting for a reply; file an appeal instead")
         item_id = self._new_item(
             s, decision_id=decision_id, kind=ItemKind.CONTEXT, queue=self.config.appeals_queue,
-            severity="context", priority=600, reviewers_required=1, account_id=upload.account_id,
+            severity="context", priority=80, reviewers_required=1, account_id=upload.account_id,
             content_sha256=upload.content_sha256,
         )
         s.add(Appeal(decision_id=decision_id, item_id=item_id, statement=statement,

@@ -135,6 +135,7 @@ def upgrade() -> None:
     sa.Column('claimed_by', sa.String(length=64), nullable=True),
     sa.Column('lease_expires_at', review.schema.UTCDateTime(), nullable=True),
     sa.Column('due_at', review.schema.UTCDateTime(), nullable=False),
+    sa.Column('rank_at', review.schema.UTCDateTime(), nullable=False),
     sa.Column('resolution', sa.String(length=24), nullable=True),
     sa.Column('created_at', review.schema.UTCDateTime(), nullable=False),
     sa.Column('updated_at', review.schema.UTCDateTime(), nullable=False),
@@ -152,7 +153,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('review_item', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_review_item_account_id'), ['account_id'], unique=False)
-        batch_op.create_index('ix_review_item_claim', ['queue', 'status', 'priority', 'due_at', 'id'], unique=False)
+        batch_op.create_index('ix_review_item_claim', ['queue', 'status', 'rank_at', 'id'], unique=False)
         batch_op.create_index('ix_review_item_lease', ['status', 'lease_expires_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_review_item_content_sha256'), ['content_sha256'], unique=False)
         batch_op.create_index(batch_op.f('ix_review_item_decision_id'), ['decision_id'], unique=False)
