@@ -570,6 +570,47 @@ def policy_validate(path: Path, as_json: JsonOpt = False) -> None:
     raise typer.Exit(guarded(body, as_json=as_json))
 
 
+@policy_app.command("backtest")
+def policy_backtest(
+    candidate: Annotated[Path, typer.Argument(help="The candidate policy file.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay stored scores and contexts under a candidate policy: what would change."""
+    from pipeline.backtest import backtest
+
+    def body() -> int:
+        rt = runtime()
+        cand = load_policy(candidate)
+        with rt.db.transaction() as s:
+            report = backtest(s, current=rt.policy, candidate=cand)
+        d = report.as_dict()
+        if as_json:
+            emit(d, True)
+            return Exit.OK
+        out.print(f"backtest of [bold]{d['candidate']}[/bold] on {d['decisions']} stored "
+                  f"decisions (in force: {d['current']})", highlight=False)
+        t = Table("recorded outcome", "candidate outcome", "decisions")
+        for row in d["transitions"]:
+            style = "" if row["now"] == row["candidate"] else "bold"
+            t.add_row(row["now"], row["candidate"], str(row["count"]), style=style)
+        out.print(t)
+        q = Table("queue", "volume now", "volume under candidate")
+        for name, v in d["queue_volume"].items():
+            q.add_row(name, str(v["now"]), str(v["candidate"]))
+        out.print(q)
+        h = d["human_labels"]
+        out.print(f"decided by people: {h['violating']} violating, {h['benign']} benign; the "
+                  f"candidate would allow {h['violating_now_allowed']} violating (false "
+                  f"negatives) and flag {h['benign_now_flagged']} benign (held: "
+                  f"{h['benign_now_held']})", highlight=False)
+        m = d["medical_sharing"]
+        out.print(f"medically shared uploads: {m['total']}; flagged now {m['flagged_now']}, "
+                  f"under candidate {m['flagged_candidate']}", highlight=False)
+        return Exit.OK
+
+    raise typer.Exit(guarded(body, as_json=as_json))
+
+
 @db_app.command("upgrade")
 def db_upgrade(as_json: JsonOpt = False) -> None:
     """Apply the migrations (SQLite or PostgreSQL, the same ones)."""
