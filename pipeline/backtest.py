@@ -88,8 +88,7 @@ def _rows(s: Session, batch: int = 1000) -> Iterator[tuple[Decision, Upload]]:
         ).all()
         if not rows:
             return
-        for d, u in rows:
-            yield d, u
+        yield from ((d, u) for d, u in rows)
         last = rows[-1][0].id
 
 
@@ -109,7 +108,8 @@ def _human_labels(s: Session) -> dict[str, str]:
 
 def backtest(s: Session, *, current: Policy, candidate: Policy) -> BacktestReport:
     report = BacktestReport(
-        current=f"{current.name} {current.version}", candidate=f"{candidate.name} {candidate.version}"
+        current=f"{current.name} {current.version}",
+        candidate=f"{candidate.name} {candidate.version}",
     )
     labels = _human_labels(s)
     for d, u in _rows(s):

@@ -6,7 +6,7 @@ import datetime as dt
 import hashlib
 
 from pipeline.backtest import backtest
-from pipeline.policy import Context, bundled_policy, policy_from_text
+from pipeline.policy import POLICIES_DIR, Context, bundled_policy, policy_from_text
 from pipeline.runtime import review_config
 from pipeline.settings import Settings
 from review.db import Database
@@ -52,10 +52,9 @@ def test_backtest_counts_changes_and_human_labelled_errors(db: Database) -> None
         assert item.decision_id == held
         svc.decide(s, item_id=item.id, reviewer_id="r1", verdict="benign")
 
-    from pipeline.policy import POLICIES_DIR
-
-    text = (POLICIES_DIR / "default.yaml").read_text().replace("thresholds: {review: 0.45, hold: 0.80}",
-                                              "thresholds: {review: 0.30, hold: 0.40}")
+    text = (POLICIES_DIR / "default.yaml").read_text()
+    text = text.replace("thresholds: {review: 0.45, hold: 0.80}",
+                        "thresholds: {review: 0.30, hold: 0.40}")
     candidate = policy_from_text(text.replace('version: "2026.11.0"', 'version: "2026.11.1"'))
     with db.transaction() as s:
         report = backtest(s, current=policy, candidate=candidate).as_dict()
