@@ -54,6 +54,7 @@ db_app = typer.Typer(no_args_is_help=True, help="The database of record.")
 reviewers_app = typer.Typer(no_args_is_help=True, help="Reviewers and their queues.")
 decisions_app = typer.Typer(no_args_is_help=True, help="Decisions and statements of reasons.")
 outbox_app = typer.Typer(no_args_is_help=True, help="Messages waiting for the platform.")
+banks_app = typer.Typer(no_args_is_help=True, help="Hash banks: violating and cleared_benign.")
 app.add_typer(review_app, name="review")
 app.add_typer(actions_app, name="actions")
 app.add_typer(audit_app, name="audit")
@@ -62,6 +63,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(reviewers_app, name="reviewers")
 app.add_typer(decisions_app, name="decisions")
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(banks_app, name="banks")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 T = TypeVar("T")
@@ -606,6 +608,46 @@ def policy_backtest(
         m = d["medical_sharing"]
         out.print(f"medically shared uploads: {m['total']}; flagged now {m['flagged_now']}, "
                   f"under candidate {m['flagged_candidate']}", highlight=False)
+        return Exit.OK
+
+    raise typer.Exit(guarded(body, as_json=as_json))
+
+
+@banks_app.command("import")
+def banks_import(
+    path: Annotated[Path, typer.Argument(help="One sha256 per line ('#' comments allowed).")],
+    bank: Annotated[str, typer.Option(help="violating | cleared_benign")] = "violating",
+    source: Annotated[str | None, typer.Option(help="Where the list came from.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import a hash list; a match routes content before its scores matter."""
+    from review import banks
+
+    def body() -> int:
+        if not path.is_file():
+            raise PipelineError(f"no such file: {path}")
+        rt = runtime()
+        with rt.db.transaction() as s, open(path) as fh:
+            added, present = banks.import_hashes(
+                s, fh, bank=bank, source=source or path.name, actor="cli:banks",
+                at=rt.review.clock(),
+            )
+        emit({"bank": bank, "added": added, "already_present": present}, as_json)
+        return Exit.OK
+
+    raise typer.Exit(guarded(body, as_json=as_json))
+
+
+@banks_app.command("list")
+def banks_list(bank: Annotated[str | None, typer.Option()] = None,
+               as_json: JsonOpt = False) -> None:
+    """The newest bank entries."""
+    from review import banks
+
+    def body() -> int:
+        rt = runtime()
+        with rt.db.transaction() as s:
+            emit(banks.list_entries(s, bank=bank), as_json)
         return Exit.OK
 
     raise typer.Exit(guarded(body, as_json=as_json))

@@ -21,6 +21,7 @@ from pipeline.errors import ImageTooLarge, PipelineError
 from pipeline.ingest import IngestedImage, ingest_bytes
 from pipeline.policy import Context, PolicyDecision
 from pipeline.runtime import Runtime
+from review import banks
 from review.schema import Decision
 from review.service import NewUpload, Recorded, Routing
 
@@ -187,9 +188,11 @@ class Orchestrator:
             scored.sha256 = image.sha256
             to_score.append((scored, image, data))
         if to_score:
+            with rt.db.transaction() as s:
+                matches = banks.lookup_many(s, [img.sha256 for _, img, _ in to_score])
             model_results = rt.scorer.score([img.pixels for _, img, _ in to_score])
             for (scored, image, data), result in zip(to_score, model_results, strict=True):
-                self._decide(scored, image, data, result)
+                self._decide(scored, image, data, result, matches.get(image.sha256))
         return results
 
     def _fill_from_store(self, s: Any, scored: Scored, found: Recorded) -> None:
@@ -203,12 +206,17 @@ class Orchestrator:
         scored.reasons = dict(d.reasons)
 
     def _decide(
-        self, scored: Scored, image: IngestedImage, data: bytes, result: ScoreResult
+        self,
+        scored: Scored,
+        image: IngestedImage,
+        data: bytes,
+        result: ScoreResult,
+        bank_match: str | None = None,
     ) -> None:
         rt = self.rt
         req = scored.request
         decision: PolicyDecision = rt.policy.evaluate(
-            result.scores, req.context, content_sha256=image.sha256
+            result.scores, req.context, content_sha256=image.sha256, bank_match=bank_match
         )
         reasons = {
             **decision.reasons,

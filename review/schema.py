@@ -468,3 +468,20 @@ class LabelStudioSync(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[dict[str, Any]]
     updated_at: Mapped[dt.datetime]
+
+
+class BankEntry(Base):
+    """A hash bank row: content known to violate (imported) or cleared by a person (fed by
+    benign verdicts, so the same image is not flagged again)."""
+
+    __tablename__ = "bank_entry"
+    bank: Mapped[str] = mapped_column(String(24), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(128))
+    note: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[dt.datetime]
+    __table_args__ = (
+        _enum_check("bank", {"violating", "cleared_benign"}, "bank"),
+        CheckConstraint("length(sha256) = 64", name="sha256_len"),
+        Index("ix_bank_entry_sha256", "sha256"),
+    )

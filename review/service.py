@@ -18,7 +18,7 @@ from sqlalchemy import Integer, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from review import audit
+from review import audit, banks
 from review.errors import (
     ActionNotApproved,
     ActionNotDue,
@@ -994,6 +994,8 @@ class ReviewService:
     ) -> list[Action]:
         approvers = verdicts[-2:] if len(verdicts) >= 2 else verdicts[-1:]
         if item.kind == ItemKind.QA:
+            if v in BENIGN:
+                self._clear(s, item, approvers[-1])
             return []
         if item.kind in (ItemKind.APPEAL, ItemKind.CONTEXT):
             upheld = v in BENIGN
@@ -1005,6 +1007,7 @@ class ReviewService:
                             subject_type="appeal", subject_id=appeal.id,
                             data={"decision_id": item.decision_id})
             if upheld:
+                self._clear(s, item, approvers[-1])
                 return self._overturn(s, item, approvers[-1])
             # confirmed: actions waiting on this look may now proceed when due
             return []
@@ -1037,8 +1040,15 @@ class ReviewService:
             self._action_transition(s, a.id, "cancel", actor=approvers[-1].reviewer_id,
                                     data={"reason": "not confirmed by the verdict"})
         if v in BENIGN:
+            self._clear(s, item, approvers[-1])
             out += self._overturn(s, item, approvers[-1])
         return out
+
+    def _clear(self, s: Session, item: ReviewItem, by: VerdictRow) -> None:
+        """A person found this content benign: remember it, so it is not flagged again."""
+        banks.add(s, bank="cleared_benign", sha256=item.content_sha256,
+                  source=f"verdict:{by.id}", actor=by.reviewer_id, at=self.clock(),
+                  note=f"item {item.id}: {by.verdict}")
 
     def _overturn(self, s: Session, item: ReviewItem, by: VerdictRow) -> list[Action]:
         """A person found no violation: cancel what has not run, reverse what has."""

@@ -124,3 +124,33 @@ def test_make_run_demo_script(tmp_path: Path) -> None:
     assert "allow" in text and "review" in text
     assert "action.not_approved" in proc.stderr
     assert "audit chain verifies" in text
+
+
+def test_hash_banks_route_before_scores(env: dict[str, str], tmp_path: Path) -> None:
+    """A known-violating hash goes to the two-person severe queue whatever the scores say; an
+    image a person cleared is not flagged again when it is shared again."""
+    import hashlib
+
+    env = {**env, "LOOKFIRST_POLICY_PATH": str(ROOT / "pipeline/policies/default.yaml")}
+    coffee = ROOT / "samples/coffee.jpg"
+    bank = tmp_path / "known.txt"
+    bank.write_text("# test list\n" + hashlib.sha256(coffee.read_bytes()).hexdigest() + "\n")
+    assert js(run(env, "banks", "import", str(bank), "--json"))["added"] == 1
+    hit = js(run(env, "score", str(coffee), "--account", "a1", "--json"))
+    assert hit["outcome"] in ("review", "hold") and hit["queue"] == "severe"
+    assert hit["reasons"]["bank_match"] == "violating"
+
+    # the demo policy flags the astronaut's face; a person clears it; shared again: allowed
+    demo = {**env, "LOOKFIRST_POLICY_PATH": str(ROOT / "pipeline/policies/demo.yaml")}
+    run(demo, "reviewers", "add", "dana", "--queue", "demo")
+    first = js(run(demo, "score", str(ROOT / "samples/astronaut.jpg"), "--account", "a2",
+                   "--json"))
+    assert first["outcome"] == "review"
+    run(demo, "review", "claim", "--reviewer", "dana")
+    run(demo, "review", "decide", str(first["review_item_id"]), "--reviewer", "dana",
+        "--verdict", "benign")
+    listed = js(run(demo, "banks", "list", "--bank", "cleared_benign", "--json"))
+    assert [e["sha256"] for e in listed] == [first["sha256"]]
+    again = js(run(demo, "score", str(ROOT / "samples/astronaut.jpg"), "--account", "a3",
+                   "--json"))
+    assert again["outcome"] == "allow" and again["reasons"]["bank_match"] == "cleared_benign"
