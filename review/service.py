@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Integer, exists, func, or_, select, update
@@ -273,6 +273,9 @@ class ReviewService:
         ).first()
         if row is None:
             raise InvalidTransition(f"review item {item_id} cannot '{name}' from its current state")
+        # read back before auditing: the audit event locks the chain's head row until commit
+        item = s.get(ReviewItem, item_id, populate_existing=True)
+        assert item is not None
         self._audit(
             s,
             actor=actor,
@@ -281,8 +284,6 @@ class ReviewService:
             subject_id=item_id,
             data={"to": str(t.target), **dict(data or {})},
         )
-        item = s.get(ReviewItem, item_id, populate_existing=True)
-        assert item is not None
         return item
 
     def _action_transition(
@@ -726,7 +727,8 @@ class ReviewService:
         self.expire_leases(s)
         queues = self.entitled_queues(s, reviewer_id)
         if queue is not None:
-            self._require_entitled(s, reviewer_id, queue)
+            if queue not in queues:
+                self._require_entitled(s, reviewer_id, queue)  # raises, with the reason
             queues = [queue]
         if not queues:
             raise NotEntitled(f"reviewer {reviewer_id!r} has no queues")
@@ -787,13 +789,17 @@ class ReviewService:
                     f"review item {item_id} cannot be claimed by {reviewer_id!r}"
                 )
             raise NothingToClaim()
-        item = self._item_transition(
-            s, item.id, "claim", actor=reviewer_id,
-            values={"claimed_by": reviewer_id, "lease_expires_at": now + self.config.lease},
-        )
         if item.queue in exposed:
             s.add(Exposure(reviewer_id=reviewer_id, queue=item.queue, item_id=item.id, at=now))
-        return self._view(s, item, reviewer_id)
+        # what the reviewer will see is read first (the row is ours: locked above), so the
+        # transition's audit event comes last and the audit chain's head row, which every
+        # audited transaction waits on, stays locked for little more than the commit
+        view = self._view(s, item, reviewer_id)
+        until = now + self.config.lease
+        self._item_transition(s, item.id, "claim", actor=reviewer_id,
+                              values={"claimed_by": reviewer_id, "lease_expires_at": until})
+        return replace(view, status=str(ItemStatus.CLAIMED), claimed_by=reviewer_id,
+                       lease_expires_at=until.astimezone(dt.UTC))
 
     def renew(self, s: Session, *, item_id: int, reviewer_id: str) -> dt.datetime:
         now = self.clock()
@@ -861,6 +867,19 @@ class ReviewService:
         ).scalar()
         if already is not None:
             raise AlreadyDecided()
+        if item.kind in (ItemKind.APPEAL, ItemKind.ESCALATION) and s.execute(
+            select(VerdictRow.id)
+            .join(ReviewItem, ReviewItem.id == VerdictRow.item_id)
+            .where(ReviewItem.decision_id == item.decision_id, ReviewItem.id != item_id,
+                   VerdictRow.reviewer_id == reviewer_id)
+            .limit(1)
+        ).scalar() is not None:
+            # claim() keeps these from whoever decided the upload before; a lease taken before
+            # its holder decided another item of the same upload must not slip through either
+            raise AlreadyDecided(
+                f"reviewer {reviewer_id!r} has decided this upload before; an appeal or an "
+                "escalation needs someone who has not"
+            )
         if (
             item.status != ItemStatus.CLAIMED
             or item.claimed_by != reviewer_id
@@ -1329,6 +1348,114 @@ class ReviewService:
                 ),
             })
         return out
+
+    # ---- bulk review: one act over the copies of an image or one account's burst ------------
+    #: the kinds a bulk act may decide; appeals, escalations and context replies each carry a
+    #: person's own statement or a disagreement, and get a look of their own
+    BULK_KINDS = frozenset({ItemKind.INITIAL, ItemKind.QA})
+    BULK_GROUPS = frozenset({"sha256", "account_burst"})
+
+    def decide_bulk(
+        self,
+        s: Session,
+        *,
+        item_id: int,
+        reviewer_id: str,
+        verdict: str,
+        categories: Sequence[str] = (),
+        note: str = "",
+        group: str = "sha256",
+        burst_window: dt.timedelta = dt.timedelta(hours=1),
+        limit: int = 200,
+    ) -> list[DecideResult]:
+        """Decide `item_id` (whose lease the reviewer holds) and, in the same transaction,
+        every other open item the reviewer could claim that shows the same image
+        (group="sha256") or comes from the same account within `burst_window` of it
+        (group="account_burst"), with the same verdict.
+
+        Each item goes through claim() and decide() as if done one by one: entitlement,
+        exposure caps, the two-person rule (an item that needs two people gets this
+        reviewer's one verdict and waits for a second person), an audit event per transition.
+        One `bulk.decided` event lists what was decided and what was skipped (held by someone
+        else, over the exposure cap, already carrying this reviewer's verdict).  Returns the
+        anchor's result first, then the others by item id; at most `limit` items in all."""
+        if group not in self.BULK_GROUPS:
+            raise ReviewError(f"unknown bulk group {group!r}; one of "
+                              f"{', '.join(sorted(self.BULK_GROUPS))}")
+        try:
+            v = Verdict(verdict)
+        except ValueError:
+            raise ReviewError(
+                f"unknown verdict {verdict!r}; one of {', '.join(Verdict)}"
+            ) from None
+        if v == Verdict.NEED_MORE_CONTEXT:
+            raise ReviewError("a request for the user's context is made item by item, not in bulk")
+        if burst_window <= dt.timedelta(0):
+            raise ReviewError("the burst window must be positive")
+        if not 1 <= limit <= 1000:
+            raise ReviewError("a bulk act decides between 1 and 1000 items")
+        anchor = s.execute(
+            select(ReviewItem).where(ReviewItem.id == item_id).with_for_update()
+        ).scalar_one_or_none()
+        if anchor is None:
+            raise NotFound(f"no review item {item_id}")
+        entitled = self.entitled_queues(s, reviewer_id)
+        if anchor.queue not in entitled:
+            self._require_entitled(s, reviewer_id, anchor.queue)  # raises with the reason
+        if anchor.kind not in self.BULK_KINDS:
+            raise ReviewError(f"review item {item_id} is a {anchor.kind} item; appeals, "
+                              "escalations and context replies are decided one by one")
+        now = self.clock()
+        if (anchor.status != ItemStatus.CLAIMED or anchor.claimed_by != reviewer_id
+                or anchor.lease_expires_at is None or anchor.lease_expires_at <= now):
+            raise NotClaimant(
+                f"review item {item_id} is not leased to {reviewer_id!r}; claim it first"
+            )
+        if group == "sha256":
+            same = [ReviewItem.content_sha256 == anchor.content_sha256]
+            key = anchor.content_sha256
+        else:
+            same = [ReviewItem.account_id == anchor.account_id,
+                    ReviewItem.created_at >= anchor.created_at - burst_window,
+                    ReviewItem.created_at <= anchor.created_at + burst_window]
+            key = anchor.account_id
+        # the anchor first: an invalid verdict or category fails before anything else moves
+        results = [self.decide(s, item_id=item_id, reviewer_id=reviewer_id, verdict=verdict,
+                               categories=categories, note=note)]
+        candidates = s.execute(
+            select(ReviewItem.id, ReviewItem.status)
+            .where(
+                ReviewItem.id != item_id,
+                ReviewItem.kind.in_(self.BULK_KINDS),
+                ReviewItem.queue.in_(entitled),
+                or_(ReviewItem.status.in_(CLAIMABLE),
+                    (ReviewItem.status == ItemStatus.CLAIMED)
+                    & (ReviewItem.claimed_by == reviewer_id)
+                    & (ReviewItem.lease_expires_at > now)),
+                *same,
+            )
+            .order_by(ReviewItem.id)
+            .limit(limit - 1)
+        ).all()
+        skipped: list[int] = []
+        for other_id, status in candidates:
+            if status != ItemStatus.CLAIMED:
+                try:  # the claim's own rules: SKIP LOCKED, two people, exposure caps
+                    self.claim(s, reviewer_id=reviewer_id, item_id=other_id)
+                except (InvalidTransition, ExposureCapReached):
+                    skipped.append(other_id)
+                    continue
+            results.append(self.decide(s, item_id=other_id, reviewer_id=reviewer_id,
+                                       verdict=verdict, categories=categories, note=note))
+        self._audit(
+            s, actor=reviewer_id, event="bulk.decided", subject_type="review_item",
+            subject_id=item_id,
+            data={"group": group, "key": key, "verdict": str(v),
+                  "categories": sorted(set(categories)),
+                  "window_s": burst_window.total_seconds() if group == "account_burst" else None,
+                  "items": [r.item_id for r in results], "skipped": skipped},
+        )
+        return results
 
 
 #: reversals are restorative: they run at once, with no notice period
