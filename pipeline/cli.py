@@ -743,6 +743,10 @@ from pipeline.cli_api import register as _register_api  # noqa: E402
 
 _register_api(app)
 
+from pipeline.cli_labelstudio import register as _register_labelstudio  # noqa: E402
+
+_register_labelstudio(app)
+
 
 def main() -> None:
     try:

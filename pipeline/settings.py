@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     api_queue_limit: int = Field(default=64, ge=1, le=10_000)
     #: threads that decode uploads (Pillow releases the GIL); 0 = one per core, at most 4
     api_decode_workers: int = Field(default=0, ge=0, le=64)
+    #: decoded pixels waiting for or inside the model, in MB; past it, decoding waits
+    api_decoded_budget_mb: int = Field(default=256, ge=16)
     #: default per-key rate; a key's own `rate_per_minute` overrides it
     api_rate_per_minute: int = Field(default=600, ge=1)
     #: the token bucket holds this many seconds' worth of requests (the allowed burst)
@@ -93,7 +95,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_production(self) -> Settings:
         if self.environment == "production":
-            for name in ("webhook_secret", "signing_key"):
+            for name in ("webhook_secret", "signing_key", "labelstudio_webhook_secret",
+                         "labelstudio_admin_password"):
                 if getattr(self, name) == DEV_SECRET:
                     raise ValueError(f"LOOKFIRST_{name.upper()} must be set in production")
         return self

@@ -104,13 +104,24 @@ class OutboxWorker:
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             ).scalars().all()
+            leased = []
             for row in rows:
+                if row.attempts >= self.policy.max_attempts:
+                    # its last lease ran out unsettled: the worker died mid-delivery, perhaps
+                    # on this very message; a poison message must not be retried forever
+                    row.status = "dead"
+                    row.last_error = f"lease ran out after attempt {row.attempts} (worker died?)"
+                    log.warning("outbox lease ran out on the last attempt",
+                                extra={"outbox_id": row.id, "topic": row.topic,
+                                       "attempts": row.attempts, "outcome": "dead"})
+                    continue
                 row.attempts += 1
                 row.next_attempt_at = now + self.policy.visibility
+                leased.append(row)
             s.flush()
             for row in rows:
                 s.expunge(row)
-            return list(rows)
+            return leased
 
     def deliver(self, row: Outbox) -> tuple[bool, str | None]:
         body = json.dumps(

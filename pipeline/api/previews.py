@@ -1,0 +1,106 @@
+"""Signed, expiring links for reviewers' browsers: `GET /v1/previews/{token}` (a blurred,
+greyscale JPEG rendition) and `GET /v1/originals/{token}` (the original; every use is recorded
+through ReviewService.record_reveal).  Not single-use: Label Studio fetches an image several
+times per view.  CORS: Label Studio's origin only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Query
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from pipeline.blobs import BlobError
+from pipeline.previews import LinkInvalid, render_preview, verify_link
+from pipeline.runtime import Runtime
+from review.errors import ReviewError
+from review.schema import ReviewItem
+
+
+def origin_of(url: str) -> str:
+    u = urlsplit(url)
+    return f"{u.scheme}://{u.netloc}"
+
+
+def build_router(rt: Runtime) -> APIRouter:
+    router = APIRouter(tags=["previews"])
+    key = rt.settings.signing_key
+    origin = origin_of(rt.settings.labelstudio_url)
+    cors = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+
+    def _refuse(exc: LinkInvalid | ReviewError, status: int) -> JSONResponse:
+        return JSONResponse({"code": exc.code, "detail": exc.detail}, status, headers=cors)
+
+    def _blob_for(claims_item: int, sha256: str) -> bytes:
+        with rt.db.transaction() as s:
+            item = s.get(ReviewItem, claims_item)
+            if item is None or item.content_sha256 != sha256:
+                raise LinkInvalid()
+        return rt.blobs.get(sha256)
+
+    @router.get("/v1/previews/{token}", summary="Blurred greyscale preview (signed link)")
+    async def preview(token: str) -> Response:
+        try:
+            claims = verify_link(key, token, kind="preview", now=dt.datetime.now(dt.UTC))
+            data = await run_in_threadpool(_blob_for, claims.item_id, claims.sha256)
+            jpeg = await run_in_threadpool(render_preview, data)
+        except LinkInvalid as exc:
+            return _refuse(exc, 403)
+        except BlobError:
+            return JSONResponse({"code": "blob.not_found", "detail": "no such content"}, 404,
+                                headers=cors)
+        remaining = max(0, claims.expires - int(dt.datetime.now(dt.UTC).timestamp()))
+        return Response(jpeg, media_type="image/jpeg", headers={
+            **cors, "Cache-Control": f"private, max-age={min(remaining, 3600)}",
+            "X-Content-Type-Options": "nosniff"})
+
+    @router.get("/v1/originals/{token}", summary="The original image (audited)")
+    async def original(
+        token: str,
+        reviewer: str | None = Query(default=None, max_length=128),
+        reason: str | None = Query(default=None, max_length=500),
+    ) -> Response:
+        try:
+            claims = verify_link(key, token, kind="original", now=dt.datetime.now(dt.UTC))
+        except LinkInvalid as exc:
+            return _refuse(exc, 403)
+        if not reviewer or not reason:
+            # the reveal is a deliberate, named act: ask who and why before showing anything
+            return HTMLResponse(
+                "<!doctype html><title>Reveal the original</title>"
+                "<p>Seeing the original is recorded in the audit log.</p>"
+                f'<form method="get" action="{html.escape(token)}">'
+                '<label>Your reviewer id <input name="reviewer" required></label> '
+                '<label>Why <input name="reason" required></label> '
+                "<button>Reveal</button></form>", headers=cors)
+
+        def reveal() -> tuple[bytes, str]:
+            with rt.db.transaction() as s:
+                item = s.get(ReviewItem, claims.item_id)
+                if item is None or item.content_sha256 != claims.sha256:
+                    raise LinkInvalid()
+                rt.review.record_reveal(s, item_id=claims.item_id, reviewer_id=reviewer,
+                                        reason=reason)
+                from review.schema import Content
+
+                c = s.get(Content, claims.sha256)
+                mime = c.mime if c is not None else "application/octet-stream"
+            return rt.blobs.get(claims.sha256), mime
+
+        try:
+            data, mime = await run_in_threadpool(reveal)
+        except LinkInvalid as exc:
+            return _refuse(exc, 403)
+        except ReviewError as exc:
+            return _refuse(exc, exc.http_status)
+        except BlobError:
+            return JSONResponse({"code": "blob.not_found", "detail": "no such content"}, 404,
+                                headers=cors)
+        return Response(data, media_type=mime, headers={
+            **cors, "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+
+    return router

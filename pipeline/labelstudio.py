@@ -1,0 +1,773 @@
+"""The Label Studio sync: reviewers work in Label Studio, lookfirst stays the system of record.
+
+- `setup()`: one project per review queue, its labelling config generated from the policy's
+  taxonomy and validated through Label Studio's API; idempotent.  Two-person queues get
+  `maximum_annotations=2`; every project gets a webhook carrying the shared secret header.
+- Tasks go out through the outbox (`enqueue_tasks` writes rows; `TaskSink` delivers them),
+  never in a request path.  Delivery is idempotent: before importing, the sink looks up which
+  items already have a task in the project, so a retry after a lost response creates nothing.
+- Annotations come back by webhook (`reconcile`, after the receiver has answered) and by the
+  poller (`poll`), which catches whatever the webhook missed.  Each annotation is judged once
+  (table labelstudio_annotation): recorded as the mapped reviewer's verdict (claim and decide
+  in one audited transaction) or refused, flagged and audited (unknown or not entitled user,
+  incomplete form, closed item).
+
+Nothing here logs a payload: Label Studio's carry the project token and the reviewer's notes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import html
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+import httpx
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from pipeline.errors import PipelineError
+from pipeline.policy import Policy
+from pipeline.previews import sign_link
+from pipeline.runtime import Runtime
+from review import audit
+from review.errors import ReviewError
+from review.outbox import DeliveryPolicy, OutboxWorker
+from review.schema import (
+    Decision,
+    LabelStudioAnnotation,
+    LabelStudioProject,
+    LabelStudioReviewer,
+    LabelStudioTask,
+    Outbox,
+    ReviewItem,
+    Upload,
+    VerdictRow,
+)
+from review.schema import (
+    LabelStudioSync as SyncStateRow,
+)
+from review.states import OPEN_ITEM_STATUSES, ItemStatus, Verdict
+
+log = logging.getLogger(__name__)
+
+TOPIC = "labelstudio.task"
+#: the webhook events the receiver acts on; anything else is acknowledged and ignored
+WEBHOOK_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
+SECRET_HEADER = "X-Lookfirst-Webhook-Secret"
+WEBHOOK_PATH = "/v1/labelstudio/webhook"
+ACTOR = "system:labelstudio-sync"
+AS_POLICY = "as_policy"
+
+
+class LabelStudioUnavailable(PipelineError):
+    """Label Studio is unavailable."""
+
+    code = "dependency.labelstudio"
+    http_status = 503
+    exit_code = 3
+
+
+class LabelStudioNotSetUp(PipelineError):
+    """Label Studio is not set up: run `lookfirst labelstudio setup`."""
+
+    code = "labelstudio.not_set_up"
+    exit_code = 2
+
+
+# ---- the labelling config, generated from the policy ----------------------------------------
+VERDICT_HINTS = {
+    Verdict.VIOLATING: "Breaks the policy: name the violated categories",
+    Verdict.BENIGN: "No violation",
+    Verdict.BENIGN_MEDICAL: "No violation: medical context",
+    Verdict.NEED_MORE_CONTEXT: "Cannot decide without the user's context (they will be asked)",
+}
+
+
+def label_config(policy: Policy, queue: str) -> str:
+    """The labelling interface for one queue: verdict, violated categories, proposed action,
+    notes; the preview, the reasons, the context and the account's history to read."""
+    cats = "\n".join(
+        f"    <Choice value={quoteattr(c.name)} hint={quoteattr(c.description.strip()[:200])}/>"
+        for c in policy.categories.values()
+        if c.severity != "none"
+    )
+    actions = sorted({a for acts in policy.actions_by_severity.values() for a in acts})
+    acts = "\n".join(f"    <Choice value={quoteattr(a)}/>" for a in actions)
+    verdicts = "\n".join(
+        f"    <Choice value={quoteattr(str(v))} hint={quoteattr(VERDICT_HINTS[v])}/>"
+        for v in Verdict
+    )
+    title = quoteattr(f"lookfirst · queue {queue} · policy {policy.name} {policy.version}")
+    return f"""<View>
+  <Header value={title} size="5"/>
+  <View style="display:flex;gap:16px;align-items:flex-start">
+    <View style="flex:1 1 55%">
+      <Image name="preview" value="$preview" zoom="false"/>
+      <HyperText name="reveal" value="$reveal_html" inline="true"/>
+    </View>
+    <View style="flex:1 1 45%">
+      <Header value="Why this is here (statement of reasons)" size="6"/>
+      <Text name="reasons" value="$reasons_text"/>
+      <Header value="Context" size="6"/>
+      <Text name="context" value="$context_text"/>
+      <Header value="Account history" size="6"/>
+      <Text name="history" value="$history_text"/>
+    </View>
+  </View>
+  <Header value="Verdict" size="6"/>
+  <Choices name="verdict" toName="preview" choice="single-radio" required="true" showInline="true">
+{verdicts}
+  </Choices>
+  <Header value="Violated categories (for a violating verdict)" size="6"/>
+  <Choices name="categories" toName="preview" choice="multiple" showInline="true">
+{cats}
+  </Choices>
+  <Header value="Proposed action (lookfirst applies the policy's mapping)" size="6"/>
+  <Choices name="proposed_action" toName="preview" choice="single-radio" showInline="true">
+    <Choice value="{AS_POLICY}" hint="The actions the policy maps this verdict to"/>
+{acts}
+  </Choices>
+  <Header value="Notes" size="6"/>
+  <TextArea name="notes" toName="preview" rows="3" maxSubmissions="1" editable="true"/>
+</View>
+"""
+
+
+def config_digest(config: str) -> str:
+    return hashlib.sha256(config.encode()).hexdigest()
+
+
+# ---- reading an annotation --------------------------------------------------------------------
+@dataclass(frozen=True)
+class AnnotationForm:
+    verdict: str | None
+    categories: tuple[str, ...]
+    proposed_action: str | None
+    notes: str
+
+
+def parse_result(result: Sequence[Mapping[str, Any]] | None) -> AnnotationForm:
+    verdict: str | None = None
+    categories: tuple[str, ...] = ()
+    proposed: str | None = None
+    notes = ""
+    for r in result or ():
+        name, value = r.get("from_name"), r.get("value") or {}
+        if name == "verdict" and value.get("choices"):
+            verdict = str(value["choices"][0])
+        elif name == "categories":
+            categories = tuple(str(c) for c in value.get("choices") or ())
+        elif name == "proposed_action" and value.get("choices"):
+            proposed = str(value["choices"][0])
+        elif name == "notes":
+            notes = "\n".join(str(t) for t in value.get("text") or ())
+    return AnnotationForm(verdict, categories, proposed, notes[:4000])
+
+
+# ---- the Label Studio client (the SDK, behind the few calls the sync makes) -------------------
+class LabelStudioClient:
+    """label-studio-sdk 2.x behind the calls the sync makes; errors become
+    LabelStudioUnavailable so callers retry instead of crashing."""
+
+    def __init__(self, url: str, token: str, *, timeout_s: float = 10.0) -> None:
+        from label_studio_sdk import LabelStudio
+
+        self.url = url.rstrip("/")
+        self.sdk = LabelStudio(  # type: ignore[no-untyped-call]
+            base_url=self.url, api_key=token, timeout=timeout_s)
+        self._emails: dict[int, str] = {}
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (httpx.HTTPError, OSError) as exc:
+            raise LabelStudioUnavailable(
+                f"Label Studio at {self.url} is unavailable ({type(exc).__name__})"
+            ) from None
+        except Exception as exc:  # the SDK's ApiError: a refusal we name, body left out
+            status = getattr(exc, "status_code", None)
+            if status is None:
+                raise
+            if status >= 500:
+                raise LabelStudioUnavailable(f"Label Studio answered HTTP {status}") from None
+            raise PipelineError(f"Label Studio refused the request (HTTP {status})") from None
+
+    def health(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def projects(self) -> list[Any]:
+        return list(self._call(lambda: list(self.sdk.projects.list(page_size=100))))
+
+    def project(self, pid: int) -> Any:
+        return self._call(self.sdk.projects.get, pid)
+
+    def create_project(self, **kw: Any) -> int:
+        return int(self._call(self.sdk.projects.create, **kw).id)
+
+    def update_project(self, pid: int, **kw: Any) -> None:
+        self._call(self.sdk.projects.update, pid, **kw)
+
+    def validate_config(self, pid: int, config: str) -> None:
+        self._call(self.sdk.projects.validate_label_config, pid, label_config=config)
+
+    def webhooks(self, pid: int) -> list[Any]:
+        return list(self._call(self.sdk.webhooks.list, project=str(pid)))
+
+    def create_webhook(self, *, pid: int, url: str, headers: Mapping[str, str]) -> None:
+        self._call(self.sdk.webhooks.create, url=url, project=pid, send_payload=True,
+                   send_for_all_actions=False, actions=sorted(WEBHOOK_ACTIONS),
+                   headers=dict(headers), is_active=True)
+
+    def task_items(self, pid: int) -> dict[int, list[int]]:
+        """lookfirst item id -> Label Studio task ids in one project (more than one: a bug)."""
+        out: dict[int, list[int]] = {}
+
+        def scan() -> None:
+            t: Any
+            for t in self.sdk.tasks.list(project=pid, page_size=100, include="id,data"):
+                item = (t.data or {}).get("item_id")
+                if item is not None:
+                    out.setdefault(int(item), []).append(int(t.id))
+
+        self._call(scan)
+        return out
+
+    def import_tasks(self, pid: int, tasks: list[dict[str, Any]]) -> list[int]:
+        r = self._call(self.sdk.projects.import_tasks, pid, request=tasks,
+                       return_task_ids=True)
+        return [int(x) for x in (r.task_ids or [])]
+
+    def annotated_tasks(self, pid: int) -> list[tuple[int, list[dict[str, Any]]]]:
+        out: list[tuple[int, list[dict[str, Any]]]] = []
+
+        def scan() -> None:
+            t: Any
+            for t in self.sdk.tasks.list(project=pid, page_size=100, fields="all",
+                                         only_annotated=True):
+                anns = [a if isinstance(a, dict) else a.dict() for a in (t.annotations or [])]
+                out.append((int(t.id), anns))
+
+        self._call(scan)
+        return out
+
+    def user_email(self, user_id: int) -> str | None:
+        if user_id not in self._emails:
+            u = self._call(self.sdk.users.get, user_id)
+            if u is None or not getattr(u, "email", None):
+                return None
+            self._emails[user_id] = str(u.email).lower()
+        return self._emails[user_id]
+
+    def user_id_for(self, email: str) -> int | None:
+        for u in self._call(lambda: list(self.sdk.users.list())):
+            if str(getattr(u, "email", "")).lower() == email.lower():
+                return int(u.id)
+        return None
+
+
+# ---- the sync ---------------------------------------------------------------------------------
+@dataclass
+class PollReport:
+    tasks_seen: int = 0
+    recorded: int = 0
+    refused: int = 0
+    deferred: int = 0
+    already: int = 0
+    error: str | None = None
+
+
+@dataclass
+class SetupReport:
+    projects: dict[str, int] = field(default_factory=dict)
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    webhooks_created: int = 0
+
+
+class LabelStudioSync:
+    def __init__(self, rt: Runtime, *, client: LabelStudioClient | None = None,
+                 title_prefix: str = "lookfirst") -> None:
+        self.rt = rt
+        #: projects are found again by title, so two lookfirst installations (or test runs)
+        #: sharing one Label Studio keep apart
+        self.title_prefix = title_prefix
+        cfg = rt.settings
+        if client is None:
+            if not cfg.labelstudio_token:
+                raise LabelStudioNotSetUp("set LOOKFIRST_LABELSTUDIO_TOKEN to Label Studio's "
+                                          "API token")
+            client = LabelStudioClient(cfg.labelstudio_url, cfg.labelstudio_token,
+                                       timeout_s=cfg.labelstudio_timeout_s)
+        self.client = client
+        # the webhook's background task and the poller may run in one process: one judge
+        # at a time, so an annotation is never judged twice concurrently
+        self._judge = threading.Lock()
+
+    @property
+    def webhook_url(self) -> str:
+        cfg = self.rt.settings
+        return cfg.labelstudio_webhook_url or (
+            cfg.labelstudio_public_api_url.rstrip("/") + WEBHOOK_PATH
+        )
+
+    def _now(self) -> dt.datetime:
+        return self.rt.review.clock()
+
+    def _audit(self, s: Session, *, actor: str, event: str, subject_id: int,
+               data: Mapping[str, Any]) -> None:
+        audit.append(s, at=self._now(), actor=actor, event=event, subject_type="review_item",
+                     subject_id=subject_id, data=dict(data))
+
+    # ---- setup ------------------------------------------------------------------------------
+    def setup(self) -> SetupReport:
+        rep = SetupReport()
+        policy = self.rt.policy
+        existing = {p.title: int(p.id) for p in self.client.projects()}
+        with self.rt.db.transaction() as s:
+            known = {p.queue: p for p in s.execute(select(LabelStudioProject)).scalars()}
+        for queue, spec in policy.queues.items():
+            config = label_config(policy, queue)
+            digest = config_digest(config)
+            maximum = max(1, spec.reviewers_required)
+            title = f"{self.title_prefix} · {queue}"
+            row = known.get(queue)
+            pid = row.project_id if row is not None else existing.get(title)
+            if pid is not None and row is not None and pid not in existing.values():
+                pid = existing.get(title)  # the project was deleted in Label Studio
+            if pid is None:
+                pid = self.client.create_project(
+                    title=title, description=spec.description.strip()[:1000],
+                    label_config=config, maximum_annotations=maximum,
+                    show_skip_button=True, show_collab_predictions=False,
+                    enable_empty_annotation=False, show_annotation_history=False,
+                    sampling="Sequential sampling",
+                )
+                rep.created.append(queue)
+                self.client.validate_config(pid, config)
+            elif row is None or row.config_sha256 != digest or row.maximum_annotations != maximum:
+                self.client.validate_config(pid, config)  # refused here before anything changes
+                self.client.update_project(pid, label_config=config,
+                                           maximum_annotations=maximum)
+                rep.updated.append(queue)
+            rep.projects[queue] = pid
+            hooks = self.client.webhooks(pid)
+            if not any(getattr(h, "url", None) == self.webhook_url for h in hooks):
+                self.client.create_webhook(
+                    pid=pid, url=self.webhook_url,
+                    headers={SECRET_HEADER: self.rt.settings.labelstudio_webhook_secret},
+                )
+                rep.webhooks_created += 1
+            now = self._now()
+            with self.rt.db.transaction() as s:
+                r = s.get(LabelStudioProject, queue)
+                if r is None:
+                    s.add(LabelStudioProject(queue=queue, project_id=pid, config_sha256=digest,
+                                             maximum_annotations=maximum, created_at=now,
+                                             updated_at=now))
+                elif (r.project_id, r.config_sha256, r.maximum_annotations) != (
+                    pid, digest, maximum
+                ):
+                    r.project_id, r.config_sha256 = pid, digest
+                    r.maximum_annotations, r.updated_at = maximum, now
+        return rep
+
+    def map_reviewer(self, s: Session, *, email: str, reviewer_id: str,
+                     ls_user_id: int | None = None) -> None:
+        """A Label Studio user acts as this lookfirst reviewer (entitlements stay lookfirst's)."""
+        email = email.lower()
+        self.rt.review.entitled_queues(s, reviewer_id)  # refuses an unknown reviewer
+        row = s.get(LabelStudioReviewer, email)
+        if row is None:
+            s.add(LabelStudioReviewer(email=email, reviewer_id=reviewer_id,
+                                      ls_user_id=ls_user_id, created_at=self._now()))
+        else:
+            row.reviewer_id = reviewer_id
+            row.ls_user_id = ls_user_id if ls_user_id is not None else row.ls_user_id
+        audit.append(s, at=self._now(), actor=ACTOR, event="labelstudio.reviewer_mapped",
+                     subject_type="reviewer", subject_id=reviewer_id, data={"email": email})
+
+    # ---- tasks out -------------------------------------------------------------------------
+    def enqueue_tasks(self, s: Session, *, limit: int = 1000) -> int:
+        """One outbox row per open review item that has no task yet (in the caller's
+        transaction; the row's unique idempotency key makes a second call a no-op)."""
+        queues = list(s.execute(select(LabelStudioProject.queue)).scalars())
+        if not queues:
+            return 0
+        has_task = select(LabelStudioTask.item_id).where(LabelStudioTask.item_id == ReviewItem.id)
+        items = s.execute(
+            select(ReviewItem.id, ReviewItem.queue)
+            .where(ReviewItem.queue.in_(queues),
+                   ReviewItem.status.in_(list(OPEN_ITEM_STATUSES)), ~has_task.exists())
+            .order_by(ReviewItem.priority.desc(), ReviewItem.id)
+            .limit(limit)
+        ).all()
+        keys = {f"{TOPIC}:{i}": (i, q) for i, q in items}
+        if not keys:
+            return 0
+        have = set(s.execute(
+            select(Outbox.idempotency_key).where(Outbox.idempotency_key.in_(list(keys)))
+        ).scalars())
+        now = self._now()
+        n = 0
+        for key, (item_id, queue) in keys.items():
+            if key in have:
+                continue
+            s.add(Outbox(topic=TOPIC, idempotency_key=key,
+                         payload={"item_id": item_id, "queue": queue}, status="pending",
+                         attempts=0, next_attempt_at=now, created_at=now))
+            n += 1
+        s.flush()
+        return n
+
+    def task_data(self, s: Session, item_id: int) -> dict[str, Any]:
+        """What a reviewer sees: a blurred preview link, the reasons, the context, the
+        account's history, the audited link to the original; the scores as a prediction."""
+        cfg = self.rt.settings
+        view = self.rt.review.show(s, item_id, viewer=None)
+        now = self._now()
+        key = cfg.signing_key
+        base = cfg.labelstudio_public_api_url.rstrip("/")
+        preview = sign_link(key, kind="preview", item_id=item_id, sha256=view.content_sha256,
+                            expires_at=now + dt.timedelta(seconds=cfg.labelstudio_preview_ttl_s))
+        original = sign_link(key, kind="original", item_id=item_id, sha256=view.content_sha256,
+                             expires_at=now + dt.timedelta(
+                                 seconds=cfg.labelstudio_original_ttl_s))
+        reasons = dict(view.reasons)
+        decision = s.get(Decision, view.decision_id)
+        assert decision is not None
+        fired = [r for r in reasons.get("rules", []) if r.get("fired")]
+        lines = [f"Outcome: {view.outcome} · severity {view.severity} · queue {view.queue} · "
+                 f"{view.reviewers_required} reviewer(s) needed",
+                 f"Model {decision.model_version} · policy {decision.policy_version}"]
+        lines += [f"Rule {r['rule']}: score {r['score']} ≥ threshold {r['threshold']}"
+                  + (" (moved by " + ", ".join(m["modifier"] for m in r.get("moved_by", []))
+                     + ")" if r.get("moved_by") else "")
+                  for r in fired]
+        lines += [str(x) for x in reasons.get("routing", [])]
+        if view.proposed_actions:
+            lines.append("Policy proposes (needs your verdict): "
+                         + ", ".join(view.proposed_actions))
+        if view.appeal_statement:
+            lines.append(f"The user says: {view.appeal_statement}")
+        context = dict(view.context)
+        ctx_text = ", ".join(f"{k}: {v}" for k, v in sorted(context.items())) or "none given"
+        scores = {k: float(v) for k, v in dict(view.scores).items()
+                  if isinstance(v, int | float)}
+        top = max(scores.values(), default=0.0)
+        return {
+            "data": {
+                "item_id": item_id,
+                "queue": view.queue,
+                "decision_id": view.decision_id,
+                "preview": f"{base}/v1/previews/{preview}",
+                "reveal_html": (
+                    f'<a href="{html.escape(base)}/v1/originals/{original}" target="_blank" '
+                    'rel="noopener noreferrer">Reveal the original (audited)</a>'
+                ),
+                "reasons_text": "\n".join(lines),
+                "context_text": ctx_text,
+                "history_text": self._history(s, view.account_id, view.decision_id),
+            },
+            "predictions": [{
+                "model_version": decision.model_version,
+                "score": round(top, 4),
+                "result": [{
+                    "from_name": "categories", "to_name": "preview", "type": "choices",
+                    "value": {"choices": [r["category"] for r in fired
+                                          if r["category"] in self.rt.policy.categories]},
+                }] if fired else [],
+            }],
+        }
+
+    def _history(self, s: Session, account_id: str, decision_id: str) -> str:
+        rows = s.execute(
+            select(Decision.outcome, func.count())
+            .join(Upload, Upload.id == Decision.upload_id)
+            .where(Upload.account_id == account_id, Decision.id != decision_id)
+            .group_by(Decision.outcome)
+        ).all()
+        verdicts = s.execute(
+            select(VerdictRow.verdict, func.count())
+            .join(ReviewItem, ReviewItem.id == VerdictRow.item_id)
+            .where(ReviewItem.account_id == account_id, ReviewItem.decision_id != decision_id)
+            .group_by(VerdictRow.verdict)
+        ).all()
+        if not rows and not verdicts:
+            return "No earlier uploads from this account."
+        parts = ["earlier decisions: " + ", ".join(f"{o} {n}" for o, n in sorted(rows))]
+        if verdicts:
+            parts.append("earlier verdicts: " + ", ".join(f"{v} {n}" for v, n in sorted(verdicts)))
+        return "; ".join(parts)
+
+    def push(self, rows: Sequence[Outbox]) -> dict[int, bool | str]:
+        """Deliver leased outbox rows: True delivered, a string the error (retried)."""
+        result: dict[int, bool | str] = {}
+        by_queue: dict[str, list[Outbox]] = {}
+        for r in rows:
+            by_queue.setdefault(str(r.payload["queue"]), []).append(r)
+        with self.rt.db.transaction() as s:
+            projects = {p.queue: p.project_id for p in s.execute(select(LabelStudioProject))
+                        .scalars()}
+        for queue, group in by_queue.items():
+            pid = projects.get(queue)
+            if pid is None:
+                for r in group:
+                    result[r.id] = f"no Label Studio project for queue {queue}"
+                continue
+            try:
+                present = self.client.task_items(pid)
+                todo: list[tuple[Outbox, dict[str, Any]]] = []
+                found: dict[int, int] = {}
+                with self.rt.db.transaction() as s:
+                    for r in group:
+                        item_id = int(r.payload["item_id"])
+                        if item_id in present:
+                            found[item_id] = min(present[item_id])
+                            continue
+                        item = s.get(ReviewItem, item_id)
+                        if item is None or item.status not in OPEN_ITEM_STATUSES:
+                            result[r.id] = True  # decided meanwhile: nothing to show
+                            continue
+                        todo.append((r, self.task_data(s, item_id)))
+                if todo:
+                    ids = self.client.import_tasks(pid, [t for _, t in todo])
+                    if len(ids) != len(todo):
+                        raise LabelStudioUnavailable("Label Studio returned no task ids")
+                    for (r, _), tid in zip(todo, ids, strict=True):
+                        found[int(r.payload["item_id"])] = tid
+                now = self._now()
+                with self.rt.db.transaction() as s:
+                    for item_id, tid in found.items():
+                        if s.get(LabelStudioTask, item_id) is None:
+                            s.add(LabelStudioTask(item_id=item_id, project_id=pid, task_id=tid,
+                                                  created_at=now))
+                for r in group:
+                    result.setdefault(r.id, True)
+            except (LabelStudioUnavailable, PipelineError) as exc:
+                for r in group:
+                    result.setdefault(r.id, exc.code)
+        return result
+
+    # ---- annotations back ------------------------------------------------------------------
+    def reconcile(self, task_id: int, annotation: Mapping[str, Any], *, via: str) -> str:
+        """Judge one annotation once: 'recorded', 'refused', 'deferred' (the item is leased
+        to someone else in lookfirst right now: try again later), 'already' or 'ignored'."""
+        with self._judge:
+            return self._reconcile(task_id, annotation, via=via)
+
+    def _reconcile(self, task_id: int, ann: Mapping[str, Any], *, via: str) -> str:
+        ann_id = int(ann["id"])
+        if ann.get("was_cancelled"):
+            return "ignored"  # a skip is not a verdict
+        user = ann.get("completed_by")
+        ls_user = int(user["id"] if isinstance(user, Mapping) else user) if user else None
+        db, svc = self.rt.db, self.rt.review
+        with db.transaction() as s:
+            if s.get(LabelStudioAnnotation, ann_id) is not None:
+                return "already"
+            task = s.execute(
+                select(LabelStudioTask).where(LabelStudioTask.task_id == task_id)
+            ).scalar_one_or_none()
+            if task is None:
+                return "ignored"  # not one of ours
+            item_id = task.item_id
+            reviewer = self._reviewer_for(s, ls_user)
+        form = parse_result(ann.get("result"))
+        refusal: tuple[str, str] | None = None
+        if reviewer is None:
+            refusal = ("labelstudio.unknown_user",
+                       "the Label Studio user is not mapped to a lookfirst reviewer")
+        elif form.verdict is None:
+            refusal = ("labelstudio.form_invalid", "no verdict chosen")
+        if refusal is None:
+            assert reviewer is not None and form.verdict is not None
+            try:
+                with db.transaction() as s:
+                    item = s.get(ReviewItem, item_id)
+                    assert item is not None
+                    if (item.status == ItemStatus.CLAIMED and item.claimed_by != reviewer
+                            and item.lease_expires_at is not None
+                            and item.lease_expires_at > self._now()):
+                        return "deferred"
+                    if item.status == ItemStatus.CLAIMED and item.claimed_by == reviewer:
+                        pass  # already leased to this reviewer (claimed in lookfirst)
+                    else:
+                        # naming the queue makes the claim refuse a reviewer who is not
+                        # entitled to it (NotEntitled), the open-source edition having no roles
+                        svc.claim(s, reviewer_id=reviewer, queue=item.queue, item_id=item_id)
+                    note = form.notes
+                    if form.proposed_action and form.proposed_action != AS_POLICY:
+                        note = (f"{note}\n[reviewer proposed: {form.proposed_action}]").strip()
+                    res = svc.decide(s, item_id=item_id, reviewer_id=reviewer,
+                                     verdict=form.verdict, categories=form.categories, note=note)
+                    s.add(LabelStudioAnnotation(
+                        annotation_id=ann_id, task_id=task_id, item_id=item_id,
+                        ls_user_id=ls_user, reviewer_id=reviewer, status="recorded", code=None,
+                        verdict_id=res.verdict_id, via=via, created_at=self._now()))
+                    self._audit(s, actor=reviewer, event="labelstudio.annotation_recorded",
+                                subject_id=item_id,
+                                data={"annotation_id": ann_id, "task_id": task_id, "via": via,
+                                      "verdict_id": res.verdict_id,
+                                      "reviewer_proposed": form.proposed_action})
+                log.info("annotation recorded as a verdict",
+                         extra={"item_id": item_id, "annotation_id": ann_id, "via": via})
+                return "recorded"
+            except IntegrityError:
+                return "already"  # judged concurrently by another process
+            except ReviewError as exc:
+                refusal = (exc.code, exc.detail)
+        code, detail = refusal
+        try:
+            with db.transaction() as s:
+                if s.get(LabelStudioAnnotation, ann_id) is not None:
+                    return "already"
+                s.add(LabelStudioAnnotation(
+                    annotation_id=ann_id, task_id=task_id, item_id=item_id, ls_user_id=ls_user,
+                    reviewer_id=reviewer, status="refused", code=code[:64], verdict_id=None,
+                    via=via, created_at=self._now()))
+                self._audit(s, actor=reviewer or f"labelstudio-user:{ls_user}",
+                            event="labelstudio.annotation_refused", subject_id=item_id,
+                            data={"annotation_id": ann_id, "task_id": task_id, "via": via,
+                                  "code": code, "detail": detail[:300]})
+        except IntegrityError:
+            return "already"
+        log.warning("annotation refused as a verdict (flagged)",
+                    extra={"item_id": item_id, "annotation_id": ann_id, "code": code})
+        return "refused"
+
+    def _reviewer_for(self, s: Session, ls_user: int | None) -> str | None:
+        if ls_user is None:
+            return None
+        row = s.execute(
+            select(LabelStudioReviewer).where(LabelStudioReviewer.ls_user_id == ls_user)
+        ).scalar_one_or_none()
+        if row is not None:
+            return row.reviewer_id
+        try:
+            email = self.client.user_email(ls_user)
+        except (LabelStudioUnavailable, PipelineError):
+            return None
+        if email is None:
+            return None
+        row = s.get(LabelStudioReviewer, email)
+        if row is None:
+            return None
+        if row.ls_user_id is None:
+            row.ls_user_id = ls_user
+        return row.reviewer_id
+
+    def poll(self) -> PollReport:
+        """Reconcile every annotation in every project (what the webhook missed)."""
+        rep = PollReport()
+        try:
+            with self.rt.db.transaction() as s:
+                projects = list(s.execute(select(LabelStudioProject.project_id)).scalars())
+            for pid in projects:
+                for task_id, anns in self.client.annotated_tasks(pid):
+                    rep.tasks_seen += 1
+                    for a in anns:
+                        outcome = self.reconcile(task_id, a, via="poller")
+                        if outcome in ("recorded", "refused", "deferred", "already"):
+                            setattr(rep, outcome, getattr(rep, outcome) + 1)
+        except (LabelStudioUnavailable, PipelineError) as exc:
+            rep.error = exc.code
+        self._save_state("poll", {"at": self._now().isoformat(), "error": rep.error,
+                                  "recorded": rep.recorded, "refused": rep.refused})
+        return rep
+
+    def _save_state(self, name: str, value: Mapping[str, Any]) -> None:
+        with self.rt.db.transaction() as s:
+            row = s.get(SyncStateRow, name)
+            if row is None:
+                s.add(SyncStateRow(name=name, value=dict(value), updated_at=self._now()))
+            else:
+                row.value, row.updated_at = dict(value), self._now()
+
+    def sync_once(self, sink: TaskSink | None = None) -> dict[str, Any]:
+        """One round: enqueue new items, deliver due tasks, poll annotations."""
+        with self.rt.db.transaction() as s:
+            enqueued = self.enqueue_tasks(s)
+        own = sink is None
+        sink = sink or TaskSink(self)
+        try:
+            delivery = sink.run_once(limit=200)
+        finally:
+            if own:
+                sink.close()
+        poll = self.poll()
+        return {"enqueued": enqueued, "delivered": delivery.delivered,
+                "retried": delivery.retried, "dead": delivery.dead,
+                "recorded": poll.recorded, "refused": poll.refused, "deferred": poll.deferred,
+                "poll_error": poll.error}
+
+
+def status(rt: Runtime) -> dict[str, Any]:
+    """Backlog and last sync, for `lookfirst labelstudio status`."""
+    with rt.db.transaction() as s:
+        out_rows = dict(s.execute(
+            select(Outbox.status, func.count()).where(Outbox.topic == TOPIC)
+            .group_by(Outbox.status)).all())
+        queues = list(s.execute(select(LabelStudioProject.queue)).scalars())
+        has_task = select(LabelStudioTask.item_id).where(LabelStudioTask.item_id == ReviewItem.id)
+        without = s.execute(
+            select(func.count()).select_from(ReviewItem)
+            .where(ReviewItem.queue.in_(queues),
+                   ReviewItem.status.in_(list(OPEN_ITEM_STATUSES)), ~has_task.exists())
+        ).scalar_one() if queues else 0
+        anns = dict(s.execute(select(LabelStudioAnnotation.status, func.count())
+                              .group_by(LabelStudioAnnotation.status)).all())
+        state = {r.name: {**r.value, "updated_at": r.updated_at.isoformat()}
+                 for r in s.execute(select(SyncStateRow)).scalars()}
+        tasks = s.execute(select(func.count()).select_from(LabelStudioTask)).scalar_one()
+    return {
+        "url": rt.settings.labelstudio_url,
+        "projects": sorted(queues),
+        "tasks": int(tasks),
+        "open_items_without_task": int(without),
+        "outbox": {"pending": int(out_rows.get("pending", 0)),
+                   "delivered": int(out_rows.get("delivered", 0)),
+                   "dead": int(out_rows.get("dead", 0))},
+        "annotations": {"recorded": int(anns.get("recorded", 0)),
+                        "refused": int(anns.get("refused", 0))},
+        "last_poll": state.get("poll"),
+    }
+
+
+class TaskSink(OutboxWorker):
+    """The outbox's second delivery sink: Label Studio tasks (topic labelstudio.task)."""
+
+    def __init__(self, sync: LabelStudioSync, *, policy: DeliveryPolicy | None = None) -> None:
+        super().__init__(sync.rt.db, url=sync.client.url, secret="", policy=policy,
+                         clock=sync.rt.review.clock, topics=frozenset({TOPIC}))
+        self.sync = sync
+        self._results: dict[int, bool | str] = {}
+
+    def run_once(self, *, limit: int = 50) -> Any:
+        rows = self.lease(limit=limit)
+        self._results = self.sync.push(rows) if rows else {}
+        return self._settle_all(rows)
+
+    def deliver(self, row: Outbox) -> tuple[bool, str | None]:
+        r = self._results.get(row.id, "not delivered")
+        return (True, None) if r is True else (False, str(r))
+
+    def _settle_all(self, rows: Iterable[Outbox]) -> Any:
+        from review.outbox import DeliveryReport
+
+        report = DeliveryReport()
+        for row in rows:
+            report.leased += 1
+            ok, error = self.deliver(row)
+            outcome = self._settle(row, ok, error)
+            setattr(report, outcome, getattr(report, outcome) + 1)
+        return report
