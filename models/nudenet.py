@@ -134,6 +134,10 @@ class NudeNetCard:
             raise ValueError("preprocessing.color_order must be BGR")
 
 
+#: the largest square the letterbox pads to before resizing (4096^2 x 3 bytes = 48 MiB)
+MAX_PAD_SIDE = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class LetterboxMeta:
     """Per-image geometry a batch needs to map boxes back: original sizes and padded side."""
@@ -165,11 +169,26 @@ class Letterbox:
                 image = np.ascontiguousarray(image)
             h, w = image.shape[:2]
             side = max(h, w)
+            if side > MAX_PAD_SIDE:
+                # A 1 x 20000 strip would pad to a 20000^2 square (1.2 GB) before the resize.
+                # Shrink first so the square stays small; the geometry (and so the box mapping
+                # through `sides`) is unchanged, only the interpolation path differs from
+                # NudeNet's on such extreme images.
+                f = MAX_PAD_SIDE / side
+                image = np.asarray(
+                    cv2.resize(
+                        image, (max(1, round(w * f)), max(1, round(h * f))),
+                        interpolation=cv2.INTER_AREA,
+                    ),
+                    dtype=np.uint8,
+                )
+            ph, pw = image.shape[:2]
+            pside = max(ph, pw)
             square = (
                 image
-                if h == w
+                if ph == pw
                 else cv2.copyMakeBorder(
-                    image, 0, side - h, 0, side - w, cv2.BORDER_CONSTANT, value=0
+                    image, 0, pside - ph, 0, pside - pw, cv2.BORDER_CONSTANT, value=0
                 )
             )
             # Bilinear resize is per channel, so resizing RGB and swapping to BGR afterwards

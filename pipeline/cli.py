@@ -747,6 +747,10 @@ from pipeline.cli_labelstudio import register as _register_labelstudio  # noqa: 
 
 _register_labelstudio(app)
 
+from pipeline.cli_review_bulk import register as _register_review_bulk  # noqa: E402
+
+_register_review_bulk(app)
+
 
 def main() -> None:
     try:

@@ -211,7 +211,7 @@ def _decode(data: bytes, mime: str, cap: int) -> npt.NDArray[np.uint8]:
     if mime == WEBP and not WebPImagePlugin.SUPPORTED:
         raise ImageUnsupportedType("This installation of Pillow cannot decode WebP.")
 
-    width, height = _declared_size(data, mime)
+    width, height = declared_size(data, mime)
     if width == 0 or height == 0:
         raise ImageCorrupt("The image declares no pixels.")
     _check_pixels(width, height, cap)
@@ -302,7 +302,7 @@ def _as_array(im: Image.Image) -> npt.NDArray[np.uint8]:
 # full canvases; a GIF frame with "restore to background" gets a fill of its extent), and its
 # bomb check only warns below twice its global limit.  So each header is read here, as
 # permissively as Pillow reads it, and the largest canvas any reading could yield is checked.
-def _declared_size(data: bytes, mime: str) -> tuple[int, int]:
+def declared_size(data: bytes, mime: str) -> tuple[int, int]:
     if mime == PNG:
         return _png_size(data)
     if mime == GIF:

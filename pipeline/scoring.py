@@ -177,7 +177,7 @@ class Orchestrator:
                     s, account_id=req.account_id, external_id=req.external_id
                 )
                 if found is not None:  # scored before: return what was decided, do not rescore
-                    self._fill_from_store(s, scored, found)
+                    self.fill_from_store(s, scored, found)
                     fut.cancel()
                     continue
             prepared = fut.result()
@@ -192,10 +192,15 @@ class Orchestrator:
                 matches = banks.lookup_many(s, [img.sha256 for _, img, _ in to_score])
             model_results = rt.scorer.score([img.pixels for _, img, _ in to_score])
             for (scored, image, data), result in zip(to_score, model_results, strict=True):
-                self._decide(scored, image, data, result, matches.get(image.sha256))
+                self.decide(scored, image, data, result, matches.get(image.sha256))
         return results
 
-    def _fill_from_store(self, s: Any, scored: Scored, found: Recorded) -> None:
+    def bank_match(self, sha256: str) -> str | None:
+        """The hash bank this content matches, if any (one request at a time: the API)."""
+        with self.rt.db.transaction() as s:
+            return banks.lookup(s, sha256)
+
+    def fill_from_store(self, s: Any, scored: Scored, found: Recorded) -> None:
         d = s.get(Decision, found.decision_id)
         assert d is not None
         scored.recorded = found
@@ -205,7 +210,7 @@ class Orchestrator:
         scored.policy_version = d.policy_version
         scored.reasons = dict(d.reasons)
 
-    def _decide(
+    def decide(
         self,
         scored: Scored,
         image: IngestedImage,
@@ -267,7 +272,7 @@ class Orchestrator:
         assert recorded is not None
         if not recorded.created:
             with rt.db.transaction() as s:
-                self._fill_from_store(s, scored, recorded)
+                self.fill_from_store(s, scored, recorded)
             return
         scored.recorded = recorded
         scored.scores = dict(routing.scores)

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from pipeline.api.errors import responses
 from pipeline.blobs import BlobError
 from pipeline.previews import LinkInvalid, render_preview, verify_link
 from pipeline.runtime import Runtime
@@ -42,7 +43,9 @@ def build_router(rt: Runtime) -> APIRouter:
                 raise LinkInvalid()
         return rt.blobs.get(sha256)
 
-    @router.get("/v1/previews/{token}", summary="Blurred greyscale preview (signed link)")
+    @router.get("/v1/previews/{token}", summary="Blurred greyscale preview (signed link)",
+                responses={**responses(403, 404),
+                           200: {"content": {"image/jpeg": {}}, "description": "The preview"}})
     async def preview(token: str) -> Response:
         try:
             claims = verify_link(key, token, kind="preview", now=dt.datetime.now(dt.UTC))
@@ -58,7 +61,10 @@ def build_router(rt: Runtime) -> APIRouter:
             **cors, "Cache-Control": f"private, max-age={min(remaining, 3600)}",
             "X-Content-Type-Options": "nosniff"})
 
-    @router.get("/v1/originals/{token}", summary="The original image (audited)")
+    @router.get("/v1/originals/{token}", summary="The original image (audited)",
+                responses={**responses(403, 404, 422),
+                           200: {"content": {"image/*": {}, "text/html": {}},
+                                 "description": "The original, or the form asking who and why"}})
     async def original(
         token: str,
         reviewer: str | None = Query(default=None, max_length=128),

@@ -317,3 +317,20 @@ def test_detections_match_nudenet_on_skimage_photos(
         assert_same_detections(mine, theirs)
         found += len(theirs)
     assert found >= 5
+
+
+def test_extreme_aspect_ratio_does_not_pad_a_huge_square() -> None:
+    """The letterbox shrinks a 1 x 20000 strip before padding: a small allocation, and the
+    box geometry still refers to the original pixels."""
+    import tracemalloc
+
+    from models.nudenet import MAX_PAD_SIDE, Letterbox
+
+    strip = np.zeros((1, 20000, 3), dtype=np.uint8)
+    tracemalloc.start()
+    tensor, meta = Letterbox()([strip])
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert tensor.shape == (1, 3, 320, 320)
+    assert int(meta.sides[0]) == 20000 and int(meta.widths[0]) == 20000
+    assert peak < 3 * MAX_PAD_SIDE * MAX_PAD_SIDE * 2  # never the 1.2 GB square

@@ -1,0 +1,149 @@
+"""Dependencies of the routes, as `Annotated` aliases: the app's state, a database session (the
+route owns the transaction), the authenticated key with its scope, and the reviewer.
+
+Authentication, the rate limit and the scope check happen here once, not in each handler.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from pipeline.api.errors import RequestInvalid
+from pipeline.api.schemas import ReviewerId
+from pipeline.apikeys import (
+    ApiKeyInfo,
+    AuthInvalid,
+    AuthMissing,
+    Forbidden,
+    KeyVerifier,
+    RateLimited,
+    RateLimiter,
+    Scope,
+    find_key,
+)
+from pipeline.batching import ClassifyService
+from pipeline.metrics import ApiMetrics
+from pipeline.runtime import Runtime
+from pipeline.settings import Settings
+
+
+@dataclass
+class ApiState:
+    settings: Settings
+    rt: Runtime
+    metrics: ApiMetrics
+    classifier: ClassifyService
+    verifier: KeyVerifier
+    limiter: RateLimiter
+    #: whether the app built the runtime (and so closes it)
+    owns_runtime: bool
+
+    def now(self) -> dt.datetime:
+        return self.rt.review.clock()
+
+
+def get_state(request: Request) -> ApiState:
+    state: ApiState = request.app.state.lookfirst
+    return state
+
+
+StateDep = Annotated[ApiState, Depends(get_state)]
+
+
+def get_session(state: StateDep) -> Iterator[Session]:
+    # Commits when the handler returns (before the response is sent: scope="function"), rolls
+    # back when it raises; repositories below never commit.
+    with state.rt.db.transaction() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+# Declared for the OpenAPI schema (the "Authorize" button of /docs); parsed below.
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer lf_…`")
+_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="`X-API-Key: lf_…`")
+
+
+async def current_key(
+    request: Request,
+    state: StateDep,
+    _b: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    _h: Annotated[str | None, Depends(_header)],
+) -> ApiKeyInfo:
+    raw = request.headers.get("x-api-key")
+    authorization = request.headers.get("authorization")
+    if raw is None and authorization is not None:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise AuthInvalid("The Authorization header must be `Bearer <key>`.")
+        raw = credentials.strip()
+    if not raw:
+        raise AuthMissing()
+    info = state.verifier.cached(raw)
+    if info is None:
+        info = await run_in_threadpool(_lookup, state, raw)
+        if info is None:
+            raise AuthInvalid()
+        state.verifier.remember(raw, info)
+    request.state.key_prefix = info.prefix  # for the access log: the prefix, never the key
+    try:
+        state.limiter.check(info)
+    except RateLimited:
+        state.metrics.shed.labels(reason="rate_limited").inc()
+        raise
+    return info
+
+
+def _lookup(state: ApiState, raw: str) -> ApiKeyInfo | None:
+    with state.rt.db.transaction() as s:
+        return find_key(s, raw)
+
+
+CurrentKey = Annotated[ApiKeyInfo, Depends(current_key)]
+
+
+def require(*scopes: Scope) -> Callable[[ApiKeyInfo], Coroutine[Any, Any, ApiKeyInfo]]:
+    """A dependency that lets a key through if it has any of `scopes` (admin has them all)."""
+    names = " or ".join(s.value for s in scopes)
+
+    async def dependency(key: CurrentKey) -> ApiKeyInfo:
+        if not any(key.allows(s) for s in scopes):
+            raise Forbidden(f"This endpoint needs an API key with the {names} scope.")
+        return key
+
+    dependency.__name__ = f"require_{'_or_'.join(s.value for s in scopes)}"
+    return dependency
+
+
+ClassifyKey = Annotated[ApiKeyInfo, Depends(require(Scope.CLASSIFY))]
+ReviewKey = Annotated[ApiKeyInfo, Depends(require(Scope.REVIEW))]
+AppealKey = Annotated[ApiKeyInfo, Depends(require(Scope.APPEAL))]
+AdminKey = Annotated[ApiKeyInfo, Depends(require(Scope.ADMIN))]
+#: a decision's statement of reasons: the platform, its appeal front end and reviewers read it
+DecisionReader = Annotated[
+    ApiKeyInfo, Depends(require(Scope.CLASSIFY, Scope.APPEAL, Scope.REVIEW))
+]
+
+XReviewer = Annotated[
+    ReviewerId | None,
+    Header(alias="X-Reviewer", description="The reviewer acting through this review key.",
+           examples=["dana"]),
+]
+
+
+def reviewer(header: str | None, body: str | None = None) -> str:
+    """The reviewer from the X-Reviewer header or the body's `reviewer`; they must agree."""
+    if header and body and header != body:
+        raise RequestInvalid("X-Reviewer and the body's reviewer name different people.")
+    who = header or body
+    if not who:
+        raise RequestInvalid("Name the reviewer: the X-Reviewer header or the body's reviewer.")
+    return who

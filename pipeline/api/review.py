@@ -1,0 +1,130 @@
+"""The review queue over HTTP, for reviewer tools and UIs: the same service and rules as the
+CLI (`lookfirst review ...`).  A `review`-scoped key is trusted tooling that names the reviewer
+acting (X-Reviewer or the body's `reviewer`); entitlement to queues is the service's."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+
+from pipeline.api.deps import ReviewKey, SessionDep, StateDep, XReviewer, reviewer
+from pipeline.api.errors import AUTH_ERRORS, responses
+from pipeline.api.schemas import (
+    ClaimCreate,
+    ItemStatusName,
+    QueueName,
+    QueueStatsPublic,
+    ReleaseCreate,
+    ReleasePublic,
+    ReviewItemPublic,
+    VerdictCreate,
+    VerdictResultPublic,
+)
+from review.states import OPEN_ITEM_STATUSES
+
+router = APIRouter(prefix="/v1/review", tags=["review"])
+
+ItemPath = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+@router.get(
+    "/items",
+    response_model=list[ReviewItemPublic],
+    summary="The queue as a reviewer sees it, most urgent first",
+    responses=responses(*AUTH_ERRORS, 409),
+)
+def list_items(
+    _key: ReviewKey,
+    state: StateDep,
+    s: SessionDep,
+    x_reviewer: XReviewer = None,
+    queue: Annotated[QueueName | None, Query()] = None,
+    status: Annotated[list[ItemStatusName] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[dict[str, Any]]:
+    """Only the queues the reviewer is entitled to; open items unless `status` says otherwise;
+    other reviewers' verdicts stay hidden while an item is open."""
+    who = reviewer(x_reviewer)
+    statuses = list(status) if status else sorted(OPEN_ITEM_STATUSES)
+    items = state.rt.review.list_items(s, viewer=who, queue=queue, statuses=statuses,
+                                       limit=limit)
+    return [i.as_dict() for i in items]
+
+
+@router.get(
+    "/items/{item_id}",
+    response_model=ReviewItemPublic,
+    summary="One review item",
+    responses=responses(*AUTH_ERRORS, 404),
+)
+def show_item(
+    item_id: ItemPath, _key: ReviewKey, state: StateDep, s: SessionDep,
+    x_reviewer: XReviewer = None,
+) -> dict[str, Any]:
+    return state.rt.review.show(s, item_id, viewer=reviewer(x_reviewer)).as_dict()
+
+
+@router.post(
+    "/claim",
+    response_model=ReviewItemPublic,
+    summary="Lease the most urgent item the reviewer may take",
+    responses=responses(*AUTH_ERRORS, 404, 409),
+)
+def claim(
+    _key: ReviewKey, state: StateDep, s: SessionDep, x_reviewer: XReviewer = None,
+    body: ClaimCreate | None = None,
+) -> dict[str, Any]:
+    """Priority, then deadline, then age.  Appeals and escalations go only to someone who did
+    not decide the upload before; severe queues count against the reviewer's exposure cap."""
+    body = body or ClaimCreate()
+    who = reviewer(x_reviewer, body.reviewer)
+    view = state.rt.review.claim(s, reviewer_id=who, queue=body.queue, item_id=body.item_id)
+    return view.as_dict()
+
+
+@router.post(
+    "/items/{item_id}/verdict",
+    response_model=VerdictResultPublic,
+    summary="Record the reviewer's verdict",
+    responses=responses(*AUTH_ERRORS, 400, 404, 409),
+)
+def verdict(
+    item_id: ItemPath, body: VerdictCreate, _key: ReviewKey, state: StateDep, s: SessionDep,
+    x_reviewer: XReviewer = None,
+) -> VerdictResultPublic:
+    """The policy turns a verdict into proposed actions; irreversible ones wait for a second
+    reviewer who agrees."""
+    who = reviewer(x_reviewer, body.reviewer)
+    res = state.rt.review.decide(s, item_id=item_id, reviewer_id=who, verdict=body.verdict,
+                                 categories=body.categories, note=body.note)
+    return VerdictResultPublic.model_validate({
+        "item_id": res.item_id, "status": str(res.status), "verdict_id": res.verdict_id,
+        "actions": res.actions, "escalated_to": res.escalated_to,
+    })
+
+
+@router.post(
+    "/items/{item_id}/release",
+    response_model=ReleasePublic,
+    summary="Give a claimed item back to its queue",
+    responses=responses(*AUTH_ERRORS, 404, 409),
+)
+def release(
+    item_id: ItemPath, _key: ReviewKey, state: StateDep, s: SessionDep,
+    x_reviewer: XReviewer = None, body: ReleaseCreate | None = None,
+) -> ReleasePublic:
+    who = reviewer(x_reviewer, body.reviewer if body else None)
+    state.rt.review.release(s, item_id=item_id, reviewer_id=who)
+    return ReleasePublic(item_id=item_id, released=True)
+
+
+@router.get(
+    "/stats",
+    response_model=list[QueueStatsPublic],
+    summary="Depth, claims, oldest age and SLA breaches per queue",
+    responses=responses(*AUTH_ERRORS),
+)
+def stats(_key: ReviewKey, state: StateDep, s: SessionDep) -> list[dict[str, Any]]:
+    return state.rt.review.stats(s)
+

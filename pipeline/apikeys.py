@@ -1,0 +1,283 @@
+"""API keys: creation, hashed storage, scopes, verification (cached) and per-key rate limits.
+
+A key is `lf_<prefix>_<secret>`: 8 characters that identify it (shown in listings and logs)
+and 256 bits of randomness.  Only the sha256 of the whole key is stored, so a database copy
+does not let anyone call the API; the key itself is printed once, when it is created.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import enum
+import hashlib
+import math
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pipeline.errors import PipelineError
+from review.schema import ApiKey
+
+__all__ = [
+    "ApiKeyInfo",
+    "AuthError",
+    "AuthInvalid",
+    "AuthMissing",
+    "Forbidden",
+    "KeyVerifier",
+    "RateLimited",
+    "RateLimiter",
+    "Scope",
+    "create_key",
+    "find_key",
+    "hash_key",
+    "list_keys",
+    "parse_scopes",
+    "revoke_key",
+]
+
+
+class Scope(enum.StrEnum):
+    CLASSIFY = "classify"  # the platform's upload service: classify, read decisions
+    REVIEW = "review"  # reviewer tools and UI: the queue, claims, verdicts
+    APPEAL = "appeal"  # the platform's appeal and notice front end: the user's voice
+    ADMIN = "admin"  # everything above, and key management
+
+
+_SCOPE_VALUES: Final = frozenset(s.value for s in Scope)
+KEY_PATTERN: Final = re.compile(r"lf_([a-z2-7]{8})_([A-Za-z0-9_-]{43})")
+
+
+# ---- errors (each a 4xx with a stable code) -----------------------------------------------------
+class AuthError(PipelineError):
+    """The request is not authenticated."""
+
+    code = "auth.error"
+    http_status = 401
+    headers: Mapping[str, str] = {"WWW-Authenticate": "Bearer"}
+
+
+class AuthMissing(AuthError):
+    """An API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+
+    code = "auth.missing"
+
+
+class AuthInvalid(AuthError):
+    """The API key is not valid (malformed, unknown or revoked)."""
+
+    code = "auth.invalid"
+
+
+class Forbidden(AuthError):
+    """The API key does not have the scope this endpoint needs."""
+
+    code = "auth.forbidden"
+    http_status = 403
+    headers: Mapping[str, str] = {}
+
+
+class RateLimited(PipelineError):
+    """Too many requests for this API key; retry after the number of seconds in Retry-After."""
+
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, retry_after_s: float, detail: str | None = None) -> None:
+        self.retry_after = max(1, math.ceil(retry_after_s))
+        super().__init__(detail)
+        self.headers: Mapping[str, str] = {"Retry-After": str(self.retry_after)}
+
+
+# ---- keys ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ApiKeyInfo:
+    """What the server knows of a key; never the key or its hash."""
+
+    id: int
+    name: str
+    prefix: str
+    scopes: frozenset[Scope]
+    rate_per_minute: int | None
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+    def allows(self, scope: Scope) -> bool:
+        return scope in self.scopes or Scope.ADMIN in self.scopes
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "prefix": self.prefix,
+            "scopes": sorted(self.scopes),
+            "rate_per_minute": self.rate_per_minute,
+            "created_at": self.created_at.isoformat(),
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
+
+
+def _info(row: ApiKey) -> ApiKeyInfo:
+    return ApiKeyInfo(
+        id=row.id,
+        name=row.name,
+        prefix=row.prefix,
+        scopes=frozenset(Scope(s) for s in row.scopes if s in _SCOPE_VALUES),
+        rate_per_minute=row.rate_per_minute,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+def hash_key(raw: str) -> str:
+    return hashlib.sha256(raw.encode("ascii")).hexdigest()
+
+
+def parse_scopes(values: Iterable[str]) -> frozenset[Scope]:
+    out = set()
+    for v in values:
+        try:
+            out.add(Scope(v.strip().lower()))
+        except ValueError:
+            raise PipelineError(
+                f"unknown scope {v!r} (known: {', '.join(s.value for s in Scope)})"
+            ) from None
+    if not out:
+        raise PipelineError("a key needs at least one scope")
+    return frozenset(out)
+
+
+def create_key(
+    s: Session,
+    *,
+    name: str,
+    scopes: Iterable[str],
+    rate_per_minute: int | None = None,
+    now: dt.datetime,
+) -> tuple[ApiKeyInfo, str]:
+    """Store a new key; returns its description and the key itself (shown once, never stored)."""
+    chosen = parse_scopes(scopes)
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise PipelineError("a key's name must be 1 to 100 characters")
+    if rate_per_minute is not None and rate_per_minute <= 0:
+        raise PipelineError("rate_per_minute must be positive")
+    prefix = base64.b32encode(secrets.token_bytes(5)).decode("ascii").lower()
+    raw = f"lf_{prefix}_{secrets.token_urlsafe(32)}"
+    assert KEY_PATTERN.fullmatch(raw)
+    row = ApiKey(
+        name=name,
+        prefix=prefix,
+        secret_sha256=hash_key(raw),
+        scopes=sorted(chosen),
+        rate_per_minute=rate_per_minute,
+        created_at=now,
+        revoked_at=None,
+    )
+    s.add(row)
+    s.flush()
+    return _info(row), raw
+
+
+def list_keys(s: Session) -> list[ApiKeyInfo]:
+    return [_info(r) for r in s.execute(select(ApiKey).order_by(ApiKey.id)).scalars()]
+
+
+def revoke_key(s: Session, *, key_id: int, now: dt.datetime) -> ApiKeyInfo:
+    row = s.get(ApiKey, key_id)
+    if row is None:
+        raise PipelineError(f"no API key {key_id}")
+    if row.revoked_at is None:
+        row.revoked_at = now
+        s.flush()
+    return _info(row)
+
+
+def find_key(s: Session, raw: str) -> ApiKeyInfo | None:
+    """The live key `raw` names, or None (malformed, unknown or revoked)."""
+    if KEY_PATTERN.fullmatch(raw) is None:
+        return None
+    row = s.execute(
+        select(ApiKey).where(ApiKey.secret_sha256 == hash_key(raw))
+    ).scalar_one_or_none()
+    if row is None or row.revoked_at is not None:
+        return None
+    return _info(row)
+
+
+# ---- verification with a short cache ------------------------------------------------------------
+class KeyVerifier:
+    """Looks keys up by hash, caching live ones for `ttl_s` (a revocation takes effect within
+    it).  Unknown keys are not cached: a flood of random keys cannot fill memory."""
+
+    def __init__(self, ttl_s: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._cache: dict[str, tuple[ApiKeyInfo, float]] = {}
+        self._lock = threading.Lock()
+
+    def cached(self, raw: str) -> ApiKeyInfo | None:
+        if self.ttl_s <= 0:
+            return None
+        digest = hash_key(raw)
+        with self._lock:
+            hit = self._cache.get(digest)
+            if hit is None:
+                return None
+            if hit[1] < self.clock():
+                del self._cache[digest]
+                return None
+            return hit[0]
+
+    def remember(self, raw: str, info: ApiKeyInfo) -> None:
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            if len(self._cache) > 10_000:  # bounded: forget everything rather than grow
+                self._cache.clear()
+            self._cache[hash_key(raw)] = (info, self.clock() + self.ttl_s)
+
+    def forget_all(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+
+# ---- rate limits -------------------------------------------------------------------------------
+class RateLimiter:
+    """One token bucket per key: `rate_per_minute` refill, `burst_s` seconds' worth of capacity.
+
+    In memory, per server process: with N processes a key gets up to N times its rate."""
+
+    def __init__(
+        self,
+        *,
+        default_per_minute: int,
+        burst_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.default_per_minute = default_per_minute
+        self.burst_s = burst_s
+        self.clock = clock
+        self._buckets: dict[int, tuple[float, float]] = {}  # key id -> (tokens, at)
+        self._lock = threading.Lock()
+
+    def check(self, key: ApiKeyInfo) -> None:
+        """Take one token for `key`, or raise RateLimited with the wait until one is there."""
+        rate = (key.rate_per_minute or self.default_per_minute) / 60.0
+        capacity = max(1.0, rate * self.burst_s)
+        now = self.clock()
+        with self._lock:
+            tokens, at = self._buckets.get(key.id, (capacity, now))
+            tokens = min(capacity, tokens + (now - at) * rate)
+            if tokens < 1.0:
+                self._buckets[key.id] = (tokens, now)
+                raise RateLimited((1.0 - tokens) / rate)
+            self._buckets[key.id] = (tokens - 1.0, now)
