@@ -20,7 +20,7 @@ venv: $(VENV)/.installed
 
 ## make run: set everything up and run the main job on the bundled sample images
 run: venv
-	@bash scripts/demo.sh
+	@bash scripts/run.sh
 
 ## make test: set up and pass the tests (what CI runs)
 test: venv

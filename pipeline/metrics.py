@@ -22,6 +22,27 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 
 
+class OutboxCollector(Collector):
+    """Messages for the platform per status (pending = backlog, dead = dead letters), read at
+    scrape time from the outbox table."""
+
+    def __init__(self, backlog: Callable[[], Mapping[str, int]]) -> None:
+        self._backlog = backlog
+
+    def collect(self) -> Iterator[Metric]:
+        fam = GaugeMetricFamily(
+            "lookfirst_outbox_messages", "Outbox messages per status.", labels=["status"]
+        )
+        try:
+            counts = dict(self._backlog())
+        except Exception as exc:  # a scrape must not fail because the database is down
+            log.warning("outbox backlog unavailable", extra={"error": type(exc).__name__})
+            return
+        for status, n in sorted(counts.items()):
+            fam.add_metric([status], float(n))
+        yield fam
+
+
 class ReviewQueueCollector(Collector):
     """Queue depth, claims, oldest age and SLA breaches per review queue, read at scrape time
     from the database of record (so several API processes report the same truth)."""
@@ -150,6 +171,9 @@ class ApiMetrics:
 
     def watch_review_queues(self, stats: Callable[[], Sequence[Mapping[str, Any]]]) -> None:
         self.registry.register(ReviewQueueCollector(stats))
+
+    def watch_outbox(self, backlog: Callable[[], Mapping[str, int]]) -> None:
+        self.registry.register(OutboxCollector(backlog))
 
     def observe_decision(self, *, outcome: str, context: Mapping[str, Any],
                          categories: Sequence[str]) -> None:

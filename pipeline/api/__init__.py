@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         owns_runtime=runtime is None,
     )
     app_metrics.watch_review_queues(lambda: _queue_stats(rt))
+    app_metrics.watch_outbox(lambda: _outbox_backlog(rt))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -128,6 +129,13 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         body_limit=classify_limit(settings.max_upload_bytes, settings.api_max_json_bytes),
     )
     return app
+
+
+def _outbox_backlog(rt: Runtime) -> dict[str, int]:
+    from review.outbox import backlog
+
+    with rt.db.transaction() as s:
+        return backlog(s)
 
 
 def _queue_stats(rt: Runtime) -> list[dict[str, Any]]:

@@ -390,6 +390,8 @@ def test_metrics_cover_latency_batches_queues_and_segments(
     api: ApiServer, client: httpx.Client
 ) -> None:
     classify(client, ASTRONAUT, medical_sharing=True, recipient_verified_provider=True)
+    shared = classify(client, fresh_astronaut(), audience="public").json()  # not medical
+    client.get(f"/v1/decisions/{shared['decision_id']}")
     text = httpx.get(f"{api.url}/metrics").text
     assert 'lookfirst_http_request_duration_seconds_bucket{le="0.1",method="POST",' \
            'route="/v1/classify",status="200"}' in text
@@ -399,6 +401,9 @@ def test_metrics_cover_latency_batches_queues_and_segments(
     assert metric(api, "lookfirst_category_fired_total", category="person.face") >= 1
     assert metric(api, "lookfirst_review_queue_depth", queue="demo") >= 1
     assert metric(api, "lookfirst_review_stats_up") == 1
+    # every decision is announced to the platform through the outbox: a backlog until delivered
+    assert metric(api, "lookfirst_outbox_messages", status="pending") >= 1
+    assert metric(api, "lookfirst_outbox_messages", status="dead") == 0
     assert metric(api, "lookfirst_model_loaded") == 1
     assert "/v1/decisions/{decision_id}" in text  # route templates, never raw paths
 
