@@ -60,6 +60,7 @@ from review.states import (
     ActionStatus,
     ItemKind,
     ItemStatus,
+    Transition,
     Verdict,
 )
 
@@ -262,28 +263,12 @@ class ReviewService:
         data: Mapping[str, Any] | None = None,
         extra_where: Sequence[Any] = (),
     ) -> ReviewItem:
-        t = ITEM_TRANSITIONS[name]
-        now = self.clock()
-        row = s.execute(
-            update(ReviewItem)
-            .where(ReviewItem.id == item_id, ReviewItem.status.in_(t.sources), *extra_where)
-            .values(status=t.target, updated_at=now, **dict(values or {}))
-            .returning(ReviewItem.id)
-            .execution_options(synchronize_session=False)
-        ).first()
-        if row is None:
-            raise InvalidTransition(f"review item {item_id} cannot '{name}' from its current state")
-        # read back before auditing: the audit event locks the chain's head row until commit
-        item = s.get(ReviewItem, item_id, populate_existing=True)
-        assert item is not None
-        self._audit(
-            s,
-            actor=actor,
-            event=f"item.{name}",
-            subject_type="review_item",
-            subject_id=item_id,
-            data={"to": str(t.target), **dict(data or {})},
+        item = self._transition(
+            s, ReviewItem, ITEM_TRANSITIONS[name], item_id, actor=actor, values=values,
+            extra_where=extra_where, event=f"item.{name}", subject_type="review_item",
+            data=lambda _: dict(data or {}),
         )
+        assert isinstance(item, ReviewItem)
         return item
 
     def _action_transition(
@@ -296,28 +281,46 @@ class ReviewService:
         values: Mapping[str, Any] | None = None,
         data: Mapping[str, Any] | None = None,
     ) -> Action:
-        t = ACTION_TRANSITIONS[name]
-        now = self.clock()
+        action = self._transition(
+            s, Action, ACTION_TRANSITIONS[name], action_id, actor=actor, values=values,
+            event=f"action.{name}", subject_type="action",
+            data=lambda row: {"kind": row.kind, **dict(data or {})},
+        )
+        assert isinstance(action, Action)
+        return action
+
+    def _transition(
+        self,
+        s: Session,
+        model: type[ReviewItem] | type[Action],
+        t: Transition,
+        row_id: int,
+        *,
+        actor: str,
+        values: Mapping[str, Any] | None,
+        event: str,
+        subject_type: str,
+        data: Callable[[Any], Mapping[str, Any]],
+        extra_where: Sequence[Any] = (),
+    ) -> ReviewItem | Action:
+        """The one way a status changes: `UPDATE ... WHERE status IN (allowed) RETURNING`; no
+        row back means the transition is not allowed from the current state."""
         row = s.execute(
-            update(Action)
-            .where(Action.id == action_id, Action.status.in_(t.sources))
-            .values(status=t.target, updated_at=now, **dict(values or {}))
-            .returning(Action.id)
+            update(model)
+            .where(model.id == row_id, model.status.in_(t.sources), *extra_where)
+            .values(status=t.target, updated_at=self.clock(), **dict(values or {}))
+            .returning(model.id)
             .execution_options(synchronize_session=False)
         ).first()
         if row is None:
-            raise InvalidTransition(f"action {action_id} cannot '{name}' from its current state")
-        action = s.get(Action, action_id, populate_existing=True)
-        assert action is not None
-        self._audit(
-            s,
-            actor=actor,
-            event=f"action.{name}",
-            subject_type="action",
-            subject_id=action_id,
-            data={"kind": action.kind, "to": str(t.target), **dict(data or {})},
-        )
-        return action
+            what = "review item" if model is ReviewItem else "action"
+            raise InvalidTransition(f"{what} {row_id} cannot '{t.name}' from its current state")
+        # read back before auditing: the audit event locks the chain's head row until commit
+        obj = s.get(model, row_id, populate_existing=True)
+        assert isinstance(obj, (ReviewItem, Action))
+        self._audit(s, actor=actor, event=event, subject_type=subject_type, subject_id=row_id,
+                    data={"to": str(t.target), **dict(data(obj))})
+        return obj
 
     # ---- reviewers -----------------------------------------------------------------------------
     def add_reviewer(
