@@ -13,7 +13,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24,<27"
-	$(PY) -m pip install --quiet -e ".[dev,labelstudio]"
+	$(PY) -m pip install --quiet -e ".[dev,labelstudio,torch]"
 	@touch $@
 
 venv: $(VENV)/.installed

@@ -751,6 +751,10 @@ from pipeline.cli_review_bulk import register as _register_review_bulk  # noqa: 
 
 _register_review_bulk(app)
 
+from pipeline.cli_models import register as _register_models  # noqa: E402
+
+_register_models(app)
+
 
 def main() -> None:
     try:
