@@ -17,6 +17,8 @@ ScorerFactory = Callable[..., Scorer]
 # name -> "module:attribute"; lazy so that e.g. torch is imported only by its own backend.
 _BUILTIN: dict[str, str] = {
     "nudenet-320n": "models.nudenet:NudeNetScorer",
+    # the model registry's active classifier, with its shadows (needs `root=`)
+    "classifier": "models.classifier.registry:registry_scorer",
 }
 _registered: dict[str, ScorerFactory] = {}
 

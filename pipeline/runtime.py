@@ -46,9 +46,12 @@ def review_config(policy: Policy, settings: Settings) -> ReviewConfig:
 
 
 def default_scorer(settings: Settings) -> Scorer:
-    from models.nudenet import NudeNetScorer
+    from models.registry import load_scorer
 
-    return NudeNetScorer(threads=settings.model_threads)
+    if settings.scorer == "classifier":
+        return load_scorer("classifier", root=settings.data_dir / "models",
+                           threads=settings.model_threads)
+    return load_scorer(settings.scorer, threads=settings.model_threads)
 
 
 class Runtime:

@@ -246,6 +246,7 @@ class Orchestrator:
             reasons=reasons,
             model_version=result.model_version,
             policy_version=rt.policy.version,
+            shadow_scores=_shadow_rows(result),
         )
         upload = NewUpload(
             account_id=req.account_id,
@@ -284,3 +285,15 @@ class Orchestrator:
             extra={"decision_id": recorded.decision_id, "outcome": recorded.outcome,
                    "model_version": result.model_version},
         )
+
+
+def _shadow_rows(result: ScoreResult) -> tuple[dict[str, Any], ...]:
+    """Shadow models' scores, when the scorer runs any (models.classifier.shadow); read by
+    duck type so the scoring path does not import the torch-side package."""
+    rows = getattr(result, "shadow", ())
+    return tuple(
+        {"model_version": r.model_version, "scores": {k: round(float(v), 4)
+                                                      for k, v in r.scores.items()},
+         "error": r.error}
+        for r in rows
+    )

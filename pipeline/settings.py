@@ -30,6 +30,9 @@ class Settings(BaseSettings):
 
     # ---- models
     model_threads: int = Field(default=0, ge=0, description="onnxruntime intra-op threads; 0=auto")
+    #: "nudenet-320n" (bundled), or "classifier": the registry's active model under
+    #: data_dir/models, with its shadow models scoring the same traffic
+    scorer: str = "nudenet-320n"
     batch_size: int = Field(default=8, ge=1, le=256)
 
     # ---- review

@@ -138,6 +138,8 @@ class Decision(Base):
     #: the statement of reasons at scoring time: rules fired, thresholds, context moves
     reasons: Mapped[dict[str, Any]]
     queue: Mapped[str | None] = mapped_column(String(64))
+    #: what shadow models scored for the same image: kept for comparison, never consulted
+    shadow_scores: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[dt.datetime]
     __table_args__ = (
         _enum_check("outcome", {"allow", "hold", "review"}, "outcome"),

@@ -135,6 +135,8 @@ class Routing:
     reasons: Mapping[str, Any]
     model_version: str
     policy_version: str
+    #: shadow models' scores for the same image (stored for comparison, never consulted)
+    shadow_scores: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,6 +459,7 @@ class ReviewService:
                 scores=dict(routing.scores),
                 reasons=dict(routing.reasons),
                 queue=queue,
+                shadow_scores=[dict(x) for x in routing.shadow_scores] or None,
                 created_at=now,
             )
         )
