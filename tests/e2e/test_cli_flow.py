@@ -154,3 +154,27 @@ def test_hash_banks_route_before_scores(env: dict[str, str], tmp_path: Path) -> 
     again = js(run(demo, "score", str(ROOT / "samples/astronaut.jpg"), "--account", "a3",
                    "--json"))
     assert again["outcome"] == "allow" and again["reasons"]["bank_match"] == "cleared_benign"
+
+
+def test_worker_delivers_the_outbox_to_the_platform(env: dict[str, str]) -> None:
+    """`lookfirst worker --once` signs and delivers every pending message; a second pass has
+    nothing left; the platform saw each message once."""
+    from tests.integration.flaky_receiver import FlakyReceiver
+
+    secret = "test-webhook-secret"
+    run(env, "score", str(ROOT / "samples/astronaut.jpg"), str(ROOT / "samples/coffee.jpg"),
+        "--json")
+    pending = js(run(env, "outbox", "status", "--json"))["pending"]
+    assert pending >= 2  # one decision message per upload at least
+    with FlakyReceiver(secret=secret, max_skew_s=300) as platform:
+        wenv = {**env, "LOOKFIRST_WEBHOOK_URL": platform.url, "LOOKFIRST_WEBHOOK_SECRET": secret}
+        first = js(run(wenv, "worker", "--once", "--json"))
+        assert first["delivered"] == pending and first["dead"] == 0
+        assert js(run(wenv, "worker", "--once", "--json"))["leased"] == 0
+        platform.wait_idle()
+        assert len(platform.effects) == pending
+    assert js(run(env, "outbox", "status", "--json")) == {"pending": 0, "delivered": pending,
+                                                          "dead": 0}
+    # without a webhook configured the worker refuses with a clear code, not a traceback
+    out = run(env, "worker", "--once", "--json", expect=2)
+    assert js(out)["error"]["code"] == "config.invalid"
