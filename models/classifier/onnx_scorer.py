@@ -143,16 +143,23 @@ class OnnxClassifierScorer(Scorer):
         return np.concatenate(parts, axis=0)
 
     def results(self, probs: npt.NDArray[np.float32]) -> list[ScoreResult]:
-        out = []
-        for row in probs:
-            scores = {c: float(row[j]) for j, c in enumerate(self.categories)}
-            evidence = tuple(
-                Evidence(category=c, label=c, score=s)
-                for c, s in sorted(scores.items(), key=lambda kv: -kv[1])
-                if s >= self.evidence_min
-            )
-            out.append(ScoreResult(model_version=self.version, scores=scores, evidence=evidence))
-        return out
+        return probs_to_results(probs, self.categories, self.version, self.evidence_min)
 
     def _score(self, images: Sequence[RGBImage]) -> list[ScoreResult]:
         return self.results(self.run_model(self.preprocess(images)))
+
+
+def probs_to_results(
+    probs: npt.NDArray[np.float32], categories: Sequence[str], version: str, evidence_min: float
+) -> list[ScoreResult]:
+    """Calibrated probabilities (one row per image) to results; both serving backends use it."""
+    out = []
+    for row in probs:
+        scores = {c: float(row[j]) for j, c in enumerate(categories)}
+        evidence = tuple(
+            Evidence(category=c, label=c, score=s)
+            for c, s in sorted(scores.items(), key=lambda kv: -kv[1])
+            if s >= evidence_min
+        )
+        out.append(ScoreResult(model_version=version, scores=scores, evidence=evidence))
+    return out

@@ -23,10 +23,11 @@ import torch
 import torchvision
 from torch.nn import functional as F
 
-from models.base import Evidence, RGBImage, Scorer, ScoreResult
+from models.base import RGBImage, Scorer, ScoreResult
 from models.classifier.card import model_version
 from models.classifier.checkpoint import load_checkpoint
 from models.classifier.data import decode_image
+from models.classifier.onnx_scorer import probs_to_results
 
 logger = logging.getLogger(__name__)
 
@@ -131,16 +132,7 @@ class TorchClassifierScorer(Scorer):
             return out
 
     def results(self, probs: npt.NDArray[np.float32]) -> list[ScoreResult]:
-        out = []
-        for row in probs:
-            scores = {c: float(row[j]) for j, c in enumerate(self.categories)}
-            evidence = tuple(
-                Evidence(category=c, label=c, score=s)
-                for c, s in sorted(scores.items(), key=lambda kv: -kv[1])
-                if s >= self.evidence_min
-            )
-            out.append(ScoreResult(model_version=self.version, scores=scores, evidence=evidence))
-        return out
+        return probs_to_results(probs, self.categories, self.version, self.evidence_min)
 
     def _score(self, images: Sequence[RGBImage]) -> list[ScoreResult]:
         batch = torch.from_numpy(self.preprocessing(images))
