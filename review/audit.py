@@ -7,11 +7,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from review.schema import AuditEvent, AuditHead
@@ -48,6 +48,26 @@ def event_hash(
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    at: dt.datetime
+    actor: str
+    event: str
+    subject_type: str
+    subject_id: str | int
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+_EVENT = cast(Table, AuditEvent.__table__)
+_HEAD = cast(Table, AuditHead.__table__)
+# built once: the hot path (a claim) appends an event per transaction
+_LOCK_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
+_MOVE_HEAD = (
+    update(_HEAD).where(_HEAD.c.id == 1)
+    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
+
+
 def append(
     session: Session,
     *,
@@ -57,39 +77,32 @@ def append(
     subject_type: str,
     subject_id: str | int,
     data: dict[str, Any] | None = None,
-) -> AuditEvent:
-    """Append one event.  Locks the head row (PostgreSQL) so concurrent writers serialise
-    their chain links instead of forking the chain; SQLite is already single-writer."""
-    head = session.execute(
-        select(AuditHead).where(AuditHead.id == 1).with_for_update()
-    ).scalar_one()
-    data = json.loads(_canonical(data or {}))  # what the database will give back
-    seq = head.seq + 1
-    digest = event_hash(
-        prev_hash=head.hash,
-        seq=seq,
-        at=at,
-        actor=actor,
-        event=event,
-        subject_type=subject_type,
-        subject_id=str(subject_id),
-        data=data,
-    )
-    row = AuditEvent(
-        seq=seq,
-        at=at,
-        actor=actor,
-        event=event,
-        subject_type=subject_type,
-        subject_id=str(subject_id),
-        data=data,
-        prev_hash=head.hash,
-        hash=digest,
-    )
-    session.add(row)
-    session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=digest))
-    session.flush()
-    return row
+) -> None:
+    """Append one event (see `append_many`)."""
+    append_many(session, [NewEvent(at, actor, event, subject_type, subject_id, data or {})])
+
+
+def append_many(session: Session, events: Sequence[NewEvent]) -> None:
+    """Append events in order, in the caller's transaction.  Locks the head row (PostgreSQL)
+    so concurrent writers serialise their chain links instead of forking the chain; SQLite is
+    already single-writer.  One lock, one insert and one head update however many events."""
+    if not events:
+        return
+    head = session.execute(_LOCK_HEAD).one()
+    seq, prev = int(head.seq), str(head.hash)
+    rows: list[dict[str, Any]] = []
+    for e in events:
+        seq += 1
+        data = json.loads(_canonical(e.data))  # what the database will give back
+        digest = event_hash(prev_hash=prev, seq=seq, at=e.at, actor=e.actor, event=e.event,
+                            subject_type=e.subject_type, subject_id=str(e.subject_id),
+                            data=data)
+        rows.append({"seq": seq, "at": e.at, "actor": e.actor, "event": e.event,
+                     "subject_type": e.subject_type, "subject_id": str(e.subject_id),
+                     "data": data, "prev_hash": prev, "hash": digest})
+        prev = digest
+    session.execute(insert(_EVENT), rows)
+    session.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,12 +11,13 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
-from sqlalchemy import Integer, exists, func, or_, select, update
+from sqlalchemy import Integer, Select, Table, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import BindParameter
 
 from review import audit, banks
 from review.errors import (
@@ -73,6 +74,94 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+# ---- the claim path's statements, built once (a claim is the hottest transaction) ----------
+MAX_CLAIM_BATCH = 50
+_ITEM = cast(Table, ReviewItem.__table__)
+_VERDICT = cast(Table, VerdictRow.__table__)
+_DECISION = cast(Table, Decision.__table__)
+_UPLOAD = cast(Table, Upload.__table__)
+_ACTION = cast(Table, Action.__table__)
+_APPEAL = cast(Table, Appeal.__table__)
+_EXPOSURE = cast(Table, Exposure.__table__)
+_REVIEWER = cast(Table, Reviewer.__table__)
+_MEMBER = cast(Table, ReviewerQueue.__table__)
+
+
+def _pick_statement() -> Select[Any]:
+    reviewer: BindParameter[str] = bindparam("reviewer")
+    prior, prior_item = _VERDICT.alias("prior"), _ITEM.alias("prior_item")
+    decided_before = (
+        select(prior.c.id)
+        .join(prior_item, prior_item.c.id == prior.c.item_id)
+        .where(prior_item.c.decision_id == _ITEM.c.decision_id, prior.c.reviewer_id == reviewer)
+    )
+    return (
+        select(_ITEM.c.id, _ITEM.c.queue)
+        .where(
+            _ITEM.c.queue.in_(bindparam("queues", expanding=True)),
+            _ITEM.c.status.in_(sorted(CLAIMABLE)),
+            # a second verdict must come from another person
+            ~exists().where(_VERDICT.c.item_id == _ITEM.c.id, _VERDICT.c.reviewer_id == reviewer),
+            # appeals and escalations go to someone who did not decide this before
+            or_(_ITEM.c.kind.not_in([ItemKind.APPEAL, ItemKind.ESCALATION]),
+                ~exists(decided_before)),
+        )
+        .order_by(_ITEM.c.rank_at, _ITEM.c.id)
+        .limit(bindparam("lim", type_=Integer))
+        .with_for_update(skip_locked=True, of=_ITEM)
+    )
+
+
+_PICK = _pick_statement()
+_PICK_ONE = _PICK.where(_ITEM.c.id == bindparam("item_id"))
+_CLAIM = (
+    update(_ITEM)
+    .where(_ITEM.c.id.in_(bindparam("ids", expanding=True)),
+           _ITEM.c.status.in_(sorted(ITEM_TRANSITIONS["claim"].sources)))
+    .values(status=ITEM_TRANSITIONS["claim"].target, claimed_by=bindparam("b_reviewer"),
+            lease_expires_at=bindparam("b_until"), updated_at=bindparam("b_now"))
+    .returning(*_ITEM.c)
+)
+_EXPIRED = (
+    select(_ITEM.c.id)
+    .where(_ITEM.c.status == ItemStatus.CLAIMED, _ITEM.c.lease_expires_at <= bindparam("now"))
+    .order_by(_ITEM.c.id)
+    .limit(bindparam("lim", type_=Integer))
+    .with_for_update(skip_locked=True)
+)
+_EXPOSURE_SEEN = (
+    select(func.count()).select_from(_EXPOSURE)
+    .where(_EXPOSURE.c.reviewer_id == bindparam("r"), _EXPOSURE.c.queue == bindparam("q"),
+           _EXPOSURE.c.at > bindparam("since"))
+)
+_ENTITLED = (
+    select(_REVIEWER.c.active, _REVIEWER.c.roles, _MEMBER.c.queue)
+    .select_from(_REVIEWER.outerjoin(_MEMBER, _MEMBER.c.reviewer_id == _REVIEWER.c.id))
+    .where(_REVIEWER.c.id == bindparam("r"))
+)
+_VIEW_DECISIONS = (
+    select(_DECISION.c.id, _DECISION.c.outcome, _DECISION.c.scores, _DECISION.c.reasons,
+           _UPLOAD.c.context)
+    .join(_UPLOAD, _UPLOAD.c.id == _DECISION.c.upload_id)
+    .where(_DECISION.c.id.in_(bindparam("ids", expanding=True)))
+)
+_VIEW_VERDICTS = (
+    select(_VERDICT.c.item_id, _VERDICT.c.reviewer_id, _VERDICT.c.verdict,
+           _VERDICT.c.categories, _VERDICT.c.note, _VERDICT.c.created_at)
+    .where(_VERDICT.c.item_id.in_(bindparam("ids", expanding=True)))
+    .order_by(_VERDICT.c.id)
+)
+_VIEW_PROPOSED = (
+    select(_ACTION.c.decision_id, _ACTION.c.kind)
+    .where(_ACTION.c.decision_id.in_(bindparam("ids", expanding=True)),
+           _ACTION.c.status == ActionStatus.PROPOSED)
+)
+_VIEW_APPEALS = (
+    select(_APPEAL.c.item_id, _APPEAL.c.statement)
+    .where(_APPEAL.c.item_id.in_(bindparam("ids", expanding=True)))
+)
+
+
 # ---- configuration handed in by the pipeline (review knows no policy files) ------------------
 @dataclass(frozen=True, slots=True)
 class QueueRules:
@@ -98,6 +187,8 @@ class ReviewConfig:
     priority_weight: dt.timedelta = dt.timedelta(minutes=10)
     appeal_window: dt.timedelta = dt.timedelta(days=180)
     notice_period: dt.timedelta = dt.timedelta(hours=72)
+    #: how often the claim path itself returns expired leases (the worker sweeps too)
+    lease_sweep_every: dt.timedelta = dt.timedelta(seconds=1)
 
     def rules(self, queue: str) -> QueueRules:
         try:
@@ -217,6 +308,7 @@ class ReviewService:
     def __init__(self, config: ReviewConfig, *, clock: Callable[[], dt.datetime] = utcnow) -> None:
         self.config = config
         self.clock = clock
+        self._last_sweep: dt.datetime | None = None
 
     # ---- audit + outbox, always inside the caller's transaction ---------------------------
     def _audit(
@@ -238,6 +330,10 @@ class ReviewService:
             subject_id=subject_id,
             data=dict(data or {}),
         )
+
+    @staticmethod
+    def _audit_many(s: Session, events: Sequence[audit.NewEvent]) -> None:
+        audit.append_many(s, events)
 
     def _outbox(self, s: Session, *, topic: str, key: str, payload: Mapping[str, Any]) -> None:
         now = self.clock()
@@ -379,17 +475,15 @@ class ReviewService:
 
     def entitled_queues(self, s: Session, reviewer_id: str) -> list[str]:
         """The queues a reviewer may claim, see and decide in: membership and the queue's role."""
-        r = s.get(Reviewer, reviewer_id)
-        if r is None or not r.active:
+        rows = s.execute(_ENTITLED, {"r": reviewer_id}).all()
+        if not rows or not rows[0].active:
             raise UnknownReviewer(f"reviewer {reviewer_id!r} is not registered")
-        member = s.execute(
-            select(ReviewerQueue.queue).where(ReviewerQueue.reviewer_id == reviewer_id)
-        ).scalars()
+        roles = rows[0].roles
         out = []
-        for q in member:
-            rules = self.config.queues.get(q)
-            if rules is not None and (rules.role is None or rules.role in r.roles):
-                out.append(q)
+        for r in rows:
+            rules = self.config.queues.get(r.queue) if r.queue is not None else None
+            if rules is not None and (rules.role is None or rules.role in roles):
+                out.append(r.queue)
         return sorted(out)
 
     def _require_entitled(self, s: Session, reviewer_id: str, queue: str) -> None:
@@ -637,74 +731,91 @@ class ReviewService:
             self._require_entitled(s, viewer, item.queue)
         return self._view(s, item, viewer)
 
-    def _view(self, s: Session, item: ReviewItem, viewer: str | None) -> ItemView:
-        decision = s.get(Decision, item.decision_id)
-        assert decision is not None
-        upload = s.get(Upload, decision.upload_id)
-        assert upload is not None
-        verdicts = s.execute(
-            select(VerdictRow).where(VerdictRow.item_id == item.id).order_by(VerdictRow.id)
-        ).scalars().all()
-        shown: list[dict[str, Any]] = []
-        open_ = item.status in OPEN_ITEM_STATUSES
-        for v in verdicts:
-            # no anchoring: while the item is open, a reviewer sees only their own verdict
-            if open_ and viewer is not None and v.reviewer_id != viewer:
-                continue
-            shown.append({"reviewer": v.reviewer_id, "verdict": v.verdict,
-                          "categories": v.categories, "note": v.note,
-                          "at": v.created_at.isoformat()})
-        if item.kind == ItemKind.ESCALATION and item.parent_item_id is not None:
-            for v in s.execute(
-                select(VerdictRow).where(VerdictRow.item_id == item.parent_item_id)
-            ).scalars():
+    def _view(self, s: Session, item: Any, viewer: str | None) -> ItemView:
+        return self._views(s, [item], viewer)[0]
+
+    def _views(self, s: Session, items: Sequence[Any], viewer: str | None) -> list[ItemView]:
+        """What a reviewer sees of each item (ORM objects or rows with the same names), read
+        in four queries whatever the number of items."""
+        if not items:
+            return []
+        decision_ids = sorted({it.decision_id for it in items})
+        decisions = {r.id: r for r in s.execute(_VIEW_DECISIONS, {"ids": decision_ids})}
+        verdict_items = {it.id for it in items} | {
+            it.parent_item_id for it in items
+            if it.kind == ItemKind.ESCALATION and it.parent_item_id is not None
+        }
+        verdicts: dict[int, list[Any]] = {}
+        for r in s.execute(_VIEW_VERDICTS, {"ids": sorted(verdict_items)}):
+            verdicts.setdefault(r.item_id, []).append(r)
+        proposed: dict[str, set[str]] = {}
+        for r in s.execute(_VIEW_PROPOSED, {"ids": decision_ids}):
+            proposed.setdefault(r.decision_id, set()).add(r.kind)
+        appeals: dict[int, str] = {}
+        appeal_items = sorted(it.id for it in items if it.kind == ItemKind.APPEAL)
+        if appeal_items:
+            appeals = {r.item_id: r.statement
+                       for r in s.execute(_VIEW_APPEALS, {"ids": appeal_items})}
+        out = []
+        for it in items:
+            d = decisions[it.decision_id]
+            own = verdicts.get(it.id, [])
+            shown: list[dict[str, Any]] = []
+            open_ = it.status in OPEN_ITEM_STATUSES
+            for v in own:
+                # no anchoring: while the item is open, a reviewer sees only their own verdict
+                if open_ and viewer is not None and v.reviewer_id != viewer:
+                    continue
                 shown.append({"reviewer": v.reviewer_id, "verdict": v.verdict,
                               "categories": v.categories, "note": v.note,
-                              "at": v.created_at.isoformat(), "from_item": item.parent_item_id})
-        proposed = s.execute(
-            select(Action.kind).where(
-                Action.decision_id == item.decision_id, Action.status == ActionStatus.PROPOSED
-            )
-        ).scalars().all()
-        appeal = s.execute(select(Appeal.statement).where(Appeal.item_id == item.id)).scalar()
-        return ItemView(
-            id=item.id,
-            kind=item.kind,
-            queue=item.queue,
-            status=item.status,
-            severity=item.severity,
-            priority=item.priority,
-            reviewers_required=item.reviewers_required,
-            verdicts_in=len(verdicts),
-            account_id=item.account_id,
-            content_sha256=item.content_sha256,
-            decision_id=item.decision_id,
-            outcome=decision.outcome,
-            scores=decision.scores,
-            reasons=decision.reasons,
-            context=upload.context,
-            due_at=item.due_at,
-            created_at=item.created_at,
-            claimed_by=item.claimed_by,
-            lease_expires_at=item.lease_expires_at,
-            proposed_actions=sorted(set(proposed)),
-            verdicts=shown,
-            appeal_statement=appeal,
-        )
+                              "at": v.created_at.isoformat()})
+            if it.kind == ItemKind.ESCALATION and it.parent_item_id is not None:
+                for v in verdicts.get(it.parent_item_id, []):
+                    shown.append({"reviewer": v.reviewer_id, "verdict": v.verdict,
+                                  "categories": v.categories, "note": v.note,
+                                  "at": v.created_at.isoformat(),
+                                  "from_item": it.parent_item_id})
+            out.append(ItemView(
+                id=it.id,
+                kind=it.kind,
+                queue=it.queue,
+                status=it.status,
+                severity=it.severity,
+                priority=it.priority,
+                reviewers_required=it.reviewers_required,
+                verdicts_in=len(own),
+                account_id=it.account_id,
+                content_sha256=it.content_sha256,
+                decision_id=it.decision_id,
+                outcome=d.outcome,
+                scores=d.scores,
+                reasons=d.reasons,
+                context=d.context,
+                due_at=it.due_at,
+                created_at=it.created_at,
+                claimed_by=it.claimed_by,
+                lease_expires_at=it.lease_expires_at,
+                proposed_actions=sorted(proposed.get(it.decision_id, ())),
+                verdicts=shown,
+                appeal_statement=appeals.get(it.id),
+            ))
+        return out
 
     def expire_leases(self, s: Session, *, limit: int = 100) -> list[int]:
         """Return items whose lease ran out to their queue, each with an audit event."""
         now = self.clock()
-        expired = s.execute(
-            select(ReviewItem.id)
-            .where(ReviewItem.status == ItemStatus.CLAIMED, ReviewItem.lease_expires_at <= now)
-            .order_by(ReviewItem.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        ).scalars().all()
+        expired: list[int] = list(s.execute(_EXPIRED, {"now": now, "lim": limit}).scalars())
         for item_id in expired:
             self._release(s, item_id, actor=SYSTEM, reason="lease_expired")
         return list(expired)
+
+    def _sweep_leases(self, s: Session, now: dt.datetime) -> None:
+        """`expire_leases` from the claim path, at most once per `lease_sweep_every` per
+        service (a lease is minutes long; `lookfirst worker` sweeps too)."""
+        last = self._last_sweep
+        if last is None or now >= last + self.config.lease_sweep_every or now < last:
+            self._last_sweep = now
+            self.expire_leases(s)
 
     def _release(self, s: Session, item_id: int, *, actor: str, reason: str) -> ReviewItem:
         n = s.execute(
@@ -724,13 +835,31 @@ class ReviewService:
         queue: str | None = None,
         item_id: int | None = None,
     ) -> ItemView:
-        """Lease the most urgent item the reviewer may take: the earliest `rank_at` (the SLA
-        deadline brought forward by severity-derived priority), then the oldest.
+        """Lease the most urgent item the reviewer may take (see `claim_many`); with `item_id`,
+        that item or `InvalidTransition`."""
+        views = self.claim_many(s, reviewer_id=reviewer_id, queue=queue, item_id=item_id)
+        return views[0]
+
+    def claim_many(
+        self,
+        s: Session,
+        *,
+        reviewer_id: str,
+        queue: str | None = None,
+        item_id: int | None = None,
+        limit: int = 1,
+    ) -> list[ItemView]:
+        """Lease up to `limit` of the most urgent items the reviewer may take: the earliest
+        `rank_at` (the SLA deadline brought forward by severity-derived priority), then the
+        oldest.  Each item gets its own lease and its own audit event; the whole batch costs
+        one transaction (a reviewer's tool prefetching the next items).
 
         PostgreSQL: `FOR UPDATE SKIP LOCKED`, so concurrent claimers never wait on or take the
         same row.  SQLite: the transaction already holds the single write lock."""
+        if not 1 <= limit <= MAX_CLAIM_BATCH:
+            raise ReviewError(f"a claim takes 1 to {MAX_CLAIM_BATCH} items, not {limit}")
         now = self.clock()
-        self.expire_leases(s)
+        self._sweep_leases(s, now)
         queues = self.entitled_queues(s, reviewer_id)
         if queue is not None:
             if queue not in queues:
@@ -738,74 +867,70 @@ class ReviewService:
             queues = [queue]
         if not queues:
             raise NotEntitled(f"reviewer {reviewer_id!r} has no queues")
-        capped_out: list[str] = []
-        exposed: set[str] = set()
+        room: dict[str, int] = {}  # exposure left in each capped queue
         for q in queues:
             rules = self.config.rules(q)
             if rules.exposure_cap is None:
                 continue
-            exposed.add(q)
             window = rules.exposure_window or dt.timedelta(hours=8)
-            seen = s.execute(
-                select(func.count())
-                .select_from(Exposure)
-                .where(Exposure.reviewer_id == reviewer_id, Exposure.queue == q,
-                       Exposure.at > now - window)
-            ).scalar_one()
-            if seen >= rules.exposure_cap:
-                capped_out.append(q)
-        open_queues = [q for q in queues if q not in capped_out]
+            seen = s.execute(_EXPOSURE_SEEN, {"r": reviewer_id, "q": q,
+                                              "since": now - window}).scalar_one()
+            room[q] = rules.exposure_cap - seen
+        open_queues = [q for q in queues if room.get(q, 1) > 0]
         if not open_queues:
-            q = capped_out[0]
+            q = queues[0]
             rules = self.config.rules(q)
             raise ExposureCapReached(
                 f"reviewer {reviewer_id!r} has reviewed {rules.exposure_cap} items in severe "
                 f"queue {q!r} within {rules.exposure_window}; take a break or another queue"
             )
-        prior = aliased(VerdictRow)
-        prior_item = aliased(ReviewItem)
-        decided_before = (
-            select(prior.id)
-            .join(prior_item, prior_item.id == prior.item_id)
-            .where(prior_item.decision_id == ReviewItem.decision_id,
-                   prior.reviewer_id == reviewer_id)
-        )
-        q_ = (
-            select(ReviewItem)
-            .where(
-                ReviewItem.queue.in_(open_queues),
-                ReviewItem.status.in_(CLAIMABLE),
-                # a second verdict must come from another person
-                ~exists().where(VerdictRow.item_id == ReviewItem.id,
-                                VerdictRow.reviewer_id == reviewer_id),
-                # appeals and escalations go to someone who did not decide this before
-                or_(ReviewItem.kind.not_in([ItemKind.APPEAL, ItemKind.ESCALATION]),
-                    ~exists(decided_before)),
-            )
-            .order_by(ReviewItem.rank_at, ReviewItem.id)
-            .limit(1)
-            .with_for_update(skip_locked=True, of=ReviewItem)
-        )
-        if item_id is not None:
-            q_ = q_.where(ReviewItem.id == item_id)
-        item = s.execute(q_).scalar_one_or_none()
-        if item is None:
+        params = {"queues": open_queues, "reviewer": reviewer_id, "lim": limit}
+        if item_id is None:
+            picked = s.execute(_PICK, params).all()
+        else:
+            picked = s.execute(_PICK_ONE, {**params, "item_id": item_id}).all()
+        ids: list[int] = []
+        for row in picked:  # capped queues: no more than the exposure left
+            if row.queue in room:
+                if room[row.queue] <= 0:
+                    continue
+                room[row.queue] -= 1
+            ids.append(row.id)
+        if not ids:
             if item_id is not None:
                 raise InvalidTransition(
                     f"review item {item_id} cannot be claimed by {reviewer_id!r}"
                 )
             raise NothingToClaim()
-        if item.queue in exposed:
-            s.add(Exposure(reviewer_id=reviewer_id, queue=item.queue, item_id=item.id, at=now))
-        # what the reviewer will see is read first (the row is ours: locked above), so the
-        # transition's audit event comes last and the audit chain's head row, which every
-        # audited transaction waits on, stays locked for little more than the commit
-        view = self._view(s, item, reviewer_id)
         until = now + self.config.lease
-        self._item_transition(s, item.id, "claim", actor=reviewer_id,
-                              values={"claimed_by": reviewer_id, "lease_expires_at": until})
-        return replace(view, status=str(ItemStatus.CLAIMED), claimed_by=reviewer_id,
-                       lease_expires_at=until.astimezone(dt.UTC))
+        t = ITEM_TRANSITIONS["claim"]
+        rows = list(s.execute(_CLAIM, {"ids": ids, "b_reviewer": reviewer_id, "b_until": until,
+                                       "b_now": now}))
+        if len(rows) != len(ids):  # the rows are locked by us: cannot happen, refuse if it does
+            raise InvalidTransition(f"review items {ids} cannot '{t.name}' from their state")
+        self._forget(s, ReviewItem, ids)
+        rows.sort(key=lambda r: ids.index(r.id))
+        exposures = [{"reviewer_id": reviewer_id, "queue": r.queue, "item_id": r.id, "at": now}
+                     for r in rows if r.queue in room]
+        if exposures:
+            s.execute(insert(_EXPOSURE), exposures)
+        views = self._views(s, rows, reviewer_id)
+        # the audit events come last: the chain's head row, which every audited transaction
+        # waits on, stays locked for little more than the commit
+        self._audit_many(s, [
+            audit.NewEvent(now, reviewer_id, f"item.{t.name}", "review_item", r.id,
+                           {"to": str(t.target)})
+            for r in rows
+        ])
+        return views
+
+    @staticmethod
+    def _forget(s: Session, model: type[Any], ids: Sequence[int]) -> None:
+        """Rows changed by a Core statement: expire any copy the session already holds."""
+        wanted = set(ids)
+        for obj in list(s.identity_map.values()):
+            if isinstance(obj, model) and obj.id in wanted:
+                s.expire(obj)
 
     def renew(self, s: Session, *, item_id: int, reviewer_id: str) -> dt.datetime:
         now = self.clock()
