@@ -1,9 +1,13 @@
 """Claims per second with 16 concurrent claimers: PostgreSQL (`FOR UPDATE SKIP LOCKED`) and
-SQLite (its single-writer path).  Each claimer is a thread with its own engine and connection;
-every claim is a real ReviewService.claim() in its own transaction (lease, audit event and
-all).  Reports claims/s, double claims (must be 0) and lost items (must be 0); no assertions.
+SQLite (its single-writer path).  Each claimer is a process (as API workers are; `--threads`
+puts them in one interpreter instead) with its own engine and connection; every claim is a real
+ReviewService.claim_many() in its own transaction (lease, audit event per item and all).
+`--batch 1` is one item per transaction (a reviewer taking the next item); larger batches are a
+reviewer's tool prefetching its next items.  Reports claims/s, double claims (must be 0) and
+lost items (must be 0); no assertions.
 
-    python -m bench.claims_bench [--items 2000] [--claimers 16] [--backend pg sqlite]
+    python -m bench.claims_bench [--items 2000] [--claimers 16] [--batch 1 10]
+                                 [--backend pg sqlite] [--threads]
 
 PostgreSQL runs in a fresh database next to LOOKFIRST_TEST_DATABASE_URL, dropped afterwards;
 without that variable the PostgreSQL row is skipped with a message.
@@ -13,16 +17,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
+import multiprocessing.process
 import os
+import queue
 import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import func, select
 
+from review import audit
 from review.db import Database
 from review.errors import NothingToClaim
 from review.schema import AuditEvent, ReviewItem
@@ -39,6 +48,8 @@ class Result:
     backend: str
     claimers: int
     items: int
+    batch: int
+    mode: str
     claims: int = 0
     seconds: float = 0.0
     double_claims: int = 0
@@ -46,6 +57,9 @@ class Result:
     errors: int = 0
     error_kinds: Counter[str] = field(default_factory=Counter)
     audit_events: int = 0
+    chain_ok: bool = False
+    #: CPU seconds the claimers themselves spent (the database server's are not in it)
+    client_cpu: float = 0.0
     per_claimer: list[int] = field(default_factory=list)
 
     @property
@@ -86,58 +100,81 @@ def seed(db: Database, svc: ReviewService, *, items: int, claimers: int) -> None
                 record(svc, s, n, account=f"acct-{n % 97}", priority=100 + n % 5)
 
 
-def run(url: str, backend: str, *, items: int, claimers: int, deadline_s: float) -> Result:
+def _claimer(url: str, reviewer: str, batch: int, items: int, deadline_s: float,
+             barrier: Any, out: Any) -> None:
+    """One claimer: its own engine and connection, claims until the queue is empty."""
+    db = Database(url, pool_size=1)
+    svc = ReviewService(make_config())
+    with db.engine.connect():  # connect before the clock starts
+        pass
+    claimed: list[int] = []
+    errors = 0
+    kinds: Counter[str] = Counter()
+    barrier.wait(timeout=120)
+    cpu0 = time.thread_time()  # this claimer's own CPU, thread or process
+    deadline = time.monotonic() + deadline_s
+    end = time.monotonic()
+    for _ in range(items + 100):  # bounded: never more tries than there are items
+        if time.monotonic() > deadline:
+            break
+        try:
+            with db.transaction() as s:
+                views = svc.claim_many(s, reviewer_id=reviewer, queue=QUEUE, limit=batch)
+        except NothingToClaim:
+            break
+        except Exception as exc:  # noqa: BLE001 - counted and reported, the run goes on
+            errors += 1
+            kinds[f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"] += 1
+            if errors > 50:
+                break
+            continue
+        end = time.monotonic()
+        claimed.extend(v.id for v in views)
+    cpu = time.thread_time() - cpu0
+    db.dispose()
+    out.put((claimed, errors, dict(kinds), end, cpu))
+
+
+def run(url: str, backend: str, *, items: int, claimers: int, batch: int, deadline_s: float,
+        threads: bool) -> Result:
     db = Database(url)
     db.upgrade()
     svc = ReviewService(make_config())
     seed(db, svc, items=items, claimers=claimers)
-    res = Result(backend, claimers, items)
-    claimed: list[list[int]] = [[] for _ in range(claimers)]
-    errors = [0] * claimers
-    kinds: Counter[str] = Counter()
-    engines = [Database(url, pool_size=1) for _ in range(claimers)]
-    for e in engines:  # connect before the clock starts
-        with e.engine.connect():
-            pass
-    ready = threading.Barrier(claimers + 1)
-
-    def claimer(i: int) -> None:
-        mine, reviewer = engines[i], f"r{i:02d}"
-        ready.wait(timeout=60)
-        deadline = time.monotonic() + deadline_s
-        for _ in range(items + 100):  # bounded: never more tries than there are items
-            if time.monotonic() > deadline:
-                return
-            try:
-                with mine.transaction() as s:
-                    view = svc.claim(s, reviewer_id=reviewer, queue=QUEUE)
-            except NothingToClaim:
-                return
-            except Exception as exc:  # noqa: BLE001 - counted and reported, the run goes on
-                errors[i] += 1
-                kinds[f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"] += 1
-                if errors[i] > 50:
-                    return
-                continue
-            claimed[i].append(view.id)
-
-    threads = [threading.Thread(target=claimer, args=(i,), name=f"claimer-{i}")
-               for i in range(claimers)]
-    for t in threads:
-        t.start()
-    ready.wait(timeout=60)
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join(timeout=deadline_s + 30)
-    res.seconds = time.perf_counter() - t0
-    for e in engines:
-        e.dispose()
+    db.dispose()
+    res = Result(backend, claimers, items, batch, "threads" if threads else "processes")
+    workers: list[threading.Thread] | list[multiprocessing.process.BaseProcess]
+    if threads:
+        barrier: Any = threading.Barrier(claimers + 1)
+        out: Any = queue.Queue()
+        workers = [threading.Thread(target=_claimer, name=f"claimer-{i}",
+                                    args=(url, f"r{i:02d}", batch, items, deadline_s, barrier,
+                                          out))
+                   for i in range(claimers)]
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        barrier, out = ctx.Barrier(claimers + 1), ctx.Queue()
+        workers = [ctx.Process(target=_claimer, name=f"claimer-{i}",
+                               args=(url, f"r{i:02d}", batch, items, deadline_s, barrier, out))
+                   for i in range(claimers)]
+    for w in workers:
+        w.start()
+    barrier.wait(timeout=180)
+    t0 = time.monotonic()
+    reports = [out.get(timeout=deadline_s + 120) for _ in workers]
+    for w in workers:
+        w.join(timeout=60)
+    res.seconds = max(r[3] for r in reports) - t0
+    claimed = [r[0] for r in reports]
     ids = [x for c in claimed for x in c]
     res.claims = len(ids)
     res.per_claimer = sorted(len(c) for c in claimed)
     res.double_claims = len(ids) - len(set(ids))
-    res.errors = sum(errors)
-    res.error_kinds = kinds
+    res.errors = sum(r[1] for r in reports)
+    for r in reports:
+        res.error_kinds.update(r[2])
+    res.client_cpu = sum(r[4] for r in reports)
+    db = Database(url)
     with db.transaction() as s:
         in_db = s.execute(
             select(func.count()).select_from(ReviewItem)
@@ -146,18 +183,20 @@ def run(url: str, backend: str, *, items: int, claimers: int, deadline_s: float)
         res.audit_events = s.execute(
             select(func.count()).select_from(AuditEvent).where(AuditEvent.event == "item.claim")
         ).scalar_one()
+        res.chain_ok = audit.verify(s).ok
     res.lost = items - len(set(ids)) + abs(in_db - len(set(ids)))
     db.dispose()
     return res
 
 
 def table(results: list[Result]) -> str:
-    head = ("backend", "claimers", "items", "claims", "seconds", "claims/s", "double", "lost",
-            "errors", "audit")
+    head = ("backend", "claimers", "mode", "batch", "items", "claims", "seconds", "claims/s",
+            "client ms/claim", "double", "lost", "errors", "audit", "chain")
     rows = [head] + [
-        (r.backend, str(r.claimers), str(r.items), str(r.claims), f"{r.seconds:.2f}",
-         f"{r.rate:,.0f}", str(r.double_claims), str(r.lost), str(r.errors),
-         str(r.audit_events))
+        (r.backend, str(r.claimers), r.mode, str(r.batch), str(r.items), str(r.claims),
+         f"{r.seconds:.2f}", f"{r.rate:,.0f}",
+         f"{1e3 * r.client_cpu / r.claims:.2f}" if r.claims else "-", str(r.double_claims), str(r.lost), str(r.errors),
+         str(r.audit_events), "ok" if r.chain_ok else "BROKEN")
         for r in results
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
@@ -172,25 +211,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--claimers", type=int, default=16)
     p.add_argument("--deadline", type=float, default=120.0, help="seconds per backend, at most")
     p.add_argument("--backend", nargs="+", choices=["pg", "sqlite"], default=["pg", "sqlite"])
+    p.add_argument("--batch", nargs="+", type=int, default=[1, 10],
+                   help="items per claim transaction (one row each)")
+    p.add_argument("--threads", action="store_true",
+                   help="claimers as threads of one interpreter instead of processes")
     args = p.parse_args(argv)
     results: list[Result] = []
-    if "pg" in args.backend:
-        with pg_database() as url:
-            if url is None:
-                print("postgresql: skipped (set LOOKFIRST_TEST_DATABASE_URL to run it)")
-            else:
-                results.append(run(url, "postgresql", items=args.items, claimers=args.claimers,
-                                   deadline_s=args.deadline))
-    if "sqlite" in args.backend:
-        with sqlite_database() as url:
-            results.append(run(url, "sqlite", items=args.items, claimers=args.claimers,
-                               deadline_s=args.deadline))
+    for backend in args.backend:
+        for batch in args.batch:
+            where = pg_database() if backend == "pg" else sqlite_database()
+            with where as url:
+                if url is None:
+                    print("postgresql: skipped (set LOOKFIRST_TEST_DATABASE_URL to run it)")
+                    break
+                results.append(run(url, "postgresql" if backend == "pg" else "sqlite",
+                                   items=args.items, claimers=args.claimers, batch=batch,
+                                   deadline_s=args.deadline, threads=args.threads))
+                print(table(results[-1:]).splitlines()[-1], flush=True)
     print(table(results))
     for r in results:
-        print(f"{r.backend}: claims per claimer min/median/max = {r.per_claimer[0]}/"
-              f"{r.per_claimer[len(r.per_claimer) // 2]}/{r.per_claimer[-1]}")
+        print(f"{r.backend} batch {r.batch}: claims per claimer min/median/max = "
+              f"{r.per_claimer[0]}/{r.per_claimer[len(r.per_claimer) // 2]}/{r.per_claimer[-1]}")
         for kind, n in r.error_kinds.most_common():
-            print(f"{r.backend}: {n} x {kind}")
+            print(f"{r.backend} batch {r.batch}: {n} x {kind}")
+    single = {r.backend: r.rate for r in results if r.batch == 1}
+    for r in results:
+        if r.batch > 1 and single.get(r.backend):
+            print(f"{r.backend}: batch {r.batch} / batch 1 = {r.rate / single[r.backend]:.2f}x")
     return 0
 
 

@@ -31,6 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from review.states import (
     ACCOUNT_ACTIONS,
     AUTOMATED_ACTIONS,
+    CLAIMABLE,
     CLOSED_ITEM_STATUSES,
     CONTENT_ACTIONS,
     IRREVERSIBLE_ACTIONS,
@@ -196,8 +197,18 @@ class ReviewItem(Base):
             sqlite_where=text("kind = 'initial'"),
             postgresql_where=text("kind = 'initial'"),
         ),
-        # the claim query: open items by queue, priority then age
+        # open items by queue and status (stats, listings)
         Index("ix_review_item_claim", "queue", "status", "rank_at", "id"),
+        # the claim query: only claimable rows, already in claim order within a queue, so a
+        # claim reads the queue's first rows instead of sorting the whole queue
+        Index(
+            "ix_review_item_claimable",
+            "queue",
+            "rank_at",
+            "id",
+            sqlite_where=text(f"status IN {sql_in(set(CLAIMABLE))}"),
+            postgresql_where=text(f"status IN {sql_in(set(CLAIMABLE))}"),
+        ),
         Index("ix_review_item_lease", "status", "lease_expires_at"),
     )
 

@@ -14,7 +14,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Integer, Select, Table, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Integer,
+    Select,
+    Table,
+    bindparam,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter
@@ -63,6 +75,7 @@ from review.states import (
     ItemStatus,
     Transition,
     Verdict,
+    sql_in,
 )
 
 log = logging.getLogger(__name__)
@@ -87,7 +100,14 @@ _REVIEWER = cast(Table, Reviewer.__table__)
 _MEMBER = cast(Table, ReviewerQueue.__table__)
 
 
+#: the claimable statuses as literal SQL, the very predicate of the partial index
+#: ix_review_item_claimable (a bound parameter would keep a generic plan off that index)
+_CLAIMABLE_SQL = text(f"review_item.status IN {sql_in(set(CLAIMABLE))}")
+
+
 def _pick_statement() -> Select[Any]:
+    """The first claimable rows of one queue for one reviewer, locked, in claim order.  One
+    queue at a time: the partial index hands them over in order, with no sort of the queue."""
     reviewer: BindParameter[str] = bindparam("reviewer")
     prior, prior_item = _VERDICT.alias("prior"), _ITEM.alias("prior_item")
     decided_before = (
@@ -98,8 +118,8 @@ def _pick_statement() -> Select[Any]:
     return (
         select(_ITEM.c.id, _ITEM.c.queue)
         .where(
-            _ITEM.c.queue.in_(bindparam("queues", expanding=True)),
-            _ITEM.c.status.in_(sorted(CLAIMABLE)),
+            _ITEM.c.queue == bindparam("queue"),
+            _CLAIMABLE_SQL,
             # a second verdict must come from another person
             ~exists().where(_VERDICT.c.item_id == _ITEM.c.id, _VERDICT.c.reviewer_id == reviewer),
             # appeals and escalations go to someone who did not decide this before
@@ -884,11 +904,15 @@ class ReviewService:
                 f"reviewer {reviewer_id!r} has reviewed {rules.exposure_cap} items in severe "
                 f"queue {q!r} within {rules.exposure_window}; take a break or another queue"
             )
-        params = {"queues": open_queues, "reviewer": reviewer_id, "lim": limit}
-        if item_id is None:
-            picked = s.execute(_PICK, params).all()
-        else:
-            picked = s.execute(_PICK_ONE, {**params, "item_id": item_id}).all()
+        picked: list[Any] = []
+        for q in self._by_urgency(s, open_queues) if item_id is None else open_queues:
+            params = {"queue": q, "reviewer": reviewer_id, "lim": limit - len(picked)}
+            if item_id is None:
+                picked.extend(s.execute(_PICK, params))
+            else:
+                picked.extend(s.execute(_PICK_ONE, {**params, "item_id": item_id}))
+            if len(picked) >= limit:
+                break
         ids: list[int] = []
         for row in picked:  # capped queues: no more than the exposure left
             if row.queue in room:
@@ -923,6 +947,20 @@ class ReviewService:
             for r in rows
         ])
         return views
+
+    @staticmethod
+    def _by_urgency(s: Session, queues: Sequence[str]) -> list[str]:
+        """The queues that have claimable items, the one whose first item is due first first
+        (one index probe per queue)."""
+        if len(queues) == 1:
+            return list(queues)
+        heads = s.execute(select(*(
+            select(func.min(_ITEM.c.rank_at)).where(_ITEM.c.queue == q, _CLAIMABLE_SQL)
+            .scalar_subquery().label(f"q{i}")
+            for i, q in enumerate(queues)
+        ))).one()
+        return [q for at, q in sorted((at, q) for at, q in zip(heads, queues, strict=True)
+                                      if at is not None)]
 
     @staticmethod
     def _forget(s: Session, model: type[Any], ids: Sequence[int]) -> None:
