@@ -60,6 +60,8 @@ class Result:
     chain_ok: bool = False
     #: CPU seconds the claimers themselves spent (the database server's are not in it)
     client_cpu: float = 0.0
+    #: CPU seconds the whole machine spent while the claimers ran (claimers, database, rest)
+    machine_cpu: float | None = None
     per_claimer: list[int] = field(default_factory=list)
 
     @property
@@ -98,6 +100,17 @@ def seed(db: Database, svc: ReviewService, *, items: int, claimers: int) -> None
             for n in range(start, min(items, start + SEED_BATCH)):
                 # spread priorities so the ORDER BY has work to do, as a real queue does
                 record(svc, s, n, account=f"acct-{n % 97}", priority=100 + n % 5)
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds this machine has been busy since boot (Linux /proc/stat), else None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def _claimer(url: str, reviewer: str, batch: int, items: int, deadline_s: float,
@@ -160,8 +173,11 @@ def run(url: str, backend: str, *, items: int, claimers: int, batch: int, deadli
     for w in workers:
         w.start()
     barrier.wait(timeout=180)
-    t0 = time.monotonic()
+    t0, busy0 = time.monotonic(), busy_cpu_seconds()
     reports = [out.get(timeout=deadline_s + 120) for _ in workers]
+    busy1 = busy_cpu_seconds()
+    if busy0 is not None and busy1 is not None:
+        res.machine_cpu = busy1 - busy0
     for w in workers:
         w.join(timeout=60)
     res.seconds = max(r[3] for r in reports) - t0
@@ -191,12 +207,14 @@ def run(url: str, backend: str, *, items: int, claimers: int, batch: int, deadli
 
 def table(results: list[Result]) -> str:
     head = ("backend", "claimers", "mode", "batch", "items", "claims", "seconds", "claims/s",
-            "client ms/claim", "double", "lost", "errors", "audit", "chain")
+            "client ms/claim", "machine ms/claim", "double", "lost", "errors", "audit", "chain")
     rows = [head] + [
         (r.backend, str(r.claimers), r.mode, str(r.batch), str(r.items), str(r.claims),
          f"{r.seconds:.2f}", f"{r.rate:,.0f}",
-         f"{1e3 * r.client_cpu / r.claims:.2f}" if r.claims else "-", str(r.double_claims), str(r.lost), str(r.errors),
-         str(r.audit_events), "ok" if r.chain_ok else "BROKEN")
+         f"{1e3 * r.client_cpu / r.claims:.2f}" if r.claims else "-",
+         f"{1e3 * r.machine_cpu / r.claims:.2f}" if r.claims and r.machine_cpu else "-",
+         str(r.double_claims),
+         str(r.lost), str(r.errors), str(r.audit_events), "ok" if r.chain_ok else "BROKEN")
         for r in results
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]

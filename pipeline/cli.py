@@ -32,6 +32,7 @@ from pipeline.policy import Context, load_policy  # noqa: E402
 from pipeline.runtime import Runtime  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 from review.errors import AuditChainBroken, ReviewError  # noqa: E402
+from review.service import MAX_CLAIM_BATCH  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -307,20 +308,27 @@ def review_claim(
     reviewer: Annotated[str, typer.Option(help="Who claims.")],
     queue: Annotated[str | None, typer.Option(help="From this queue only.")] = None,
     item: Annotated[int | None, typer.Option(help="This item only.")] = None,
+    count: Annotated[int | None, typer.Option(
+        min=1, max=MAX_CLAIM_BATCH,
+        help="Lease up to this many items at once (prints a list; --json: {\"items\": [...]})."
+    )] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Take a lease on the most urgent item in the reviewer's queues."""
+    """Take a lease on the most urgent item in the reviewer's queues (or on --count of them)."""
 
     def body() -> int:
         rt = runtime()
         with rt.db.transaction() as s:
-            view = rt.review.claim(s, reviewer_id=reviewer, queue=queue, item_id=item)
+            views = rt.review.claim_many(s, reviewer_id=reviewer, queue=queue, item_id=item,
+                                         limit=count or 1)
         if as_json:
-            emit(view.as_dict(), True)
+            emit(views[0].as_dict() if count is None else {"items": [v.as_dict() for v in views]},
+                 True)
         else:
-            out.print(f"claimed item [bold]{view.id}[/bold] in queue {view.queue} until "
-                      f"{view.lease_expires_at:%H:%M:%S} UTC; proposed: "
-                      f"{', '.join(view.proposed_actions) or 'none'}", highlight=False)
+            for view in views:
+                out.print(f"claimed item [bold]{view.id}[/bold] in queue {view.queue} until "
+                          f"{view.lease_expires_at:%H:%M:%S} UTC; proposed: "
+                          f"{', '.join(view.proposed_actions) or 'none'}", highlight=False)
         return Exit.OK
 
     raise typer.Exit(guarded(body, as_json=as_json))

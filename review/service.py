@@ -829,13 +829,16 @@ class ReviewService:
             self._release(s, item_id, actor=SYSTEM, reason="lease_expired")
         return list(expired)
 
-    def _sweep_leases(self, s: Session, now: dt.datetime) -> None:
-        """`expire_leases` from the claim path, at most once per `lease_sweep_every` per
-        service (a lease is minutes long; `lookfirst worker` sweeps too)."""
+    def _sweep_leases(self, s: Session, now: dt.datetime, *, force: bool = False) -> int:
+        """`expire_leases` from the claim path: at most once per `lease_sweep_every` per
+        service while there is work to hand out, and always before a claim says there is
+        none (a lease is minutes long; `lookfirst worker` sweeps too).  Returns how many
+        leases it returned."""
         last = self._last_sweep
-        if last is None or now >= last + self.config.lease_sweep_every or now < last:
+        if force or last is None or now >= last + self.config.lease_sweep_every or now < last:
             self._last_sweep = now
-            self.expire_leases(s)
+            return len(self.expire_leases(s))
+        return 0
 
     def _release(self, s: Session, item_id: int, *, actor: str, reason: str) -> ReviewItem:
         n = s.execute(
@@ -904,22 +907,9 @@ class ReviewService:
                 f"reviewer {reviewer_id!r} has reviewed {rules.exposure_cap} items in severe "
                 f"queue {q!r} within {rules.exposure_window}; take a break or another queue"
             )
-        picked: list[Any] = []
-        for q in self._by_urgency(s, open_queues) if item_id is None else open_queues:
-            params = {"queue": q, "reviewer": reviewer_id, "lim": limit - len(picked)}
-            if item_id is None:
-                picked.extend(s.execute(_PICK, params))
-            else:
-                picked.extend(s.execute(_PICK_ONE, {**params, "item_id": item_id}))
-            if len(picked) >= limit:
-                break
-        ids: list[int] = []
-        for row in picked:  # capped queues: no more than the exposure left
-            if row.queue in room:
-                if room[row.queue] <= 0:
-                    continue
-                room[row.queue] -= 1
-            ids.append(row.id)
+        ids = self._pick(s, reviewer_id, open_queues, item_id, limit, room)
+        if not ids and self._sweep_leases(s, now, force=True):
+            ids = self._pick(s, reviewer_id, open_queues, item_id, limit, room)
         if not ids:
             if item_id is not None:
                 raise InvalidTransition(
@@ -947,6 +937,28 @@ class ReviewService:
             for r in rows
         ])
         return views
+
+    def _pick(self, s: Session, reviewer_id: str, queues: Sequence[str], item_id: int | None,
+              limit: int, room: dict[str, int]) -> list[int]:
+        """Lock up to `limit` items this reviewer may claim, most urgent queue first; in capped
+        queues no more than the exposure left (`room` is spent as items are taken)."""
+        picked: list[Any] = []
+        for q in self._by_urgency(s, queues) if item_id is None else queues:
+            params = {"queue": q, "reviewer": reviewer_id, "lim": limit - len(picked)}
+            if item_id is None:
+                picked.extend(s.execute(_PICK, params))
+            else:
+                picked.extend(s.execute(_PICK_ONE, {**params, "item_id": item_id}))
+            if len(picked) >= limit:
+                break
+        ids: list[int] = []
+        for row in picked:
+            if row.queue in room:
+                if room[row.queue] <= 0:
+                    continue
+                room[row.queue] -= 1
+            ids.append(row.id)
+        return ids
 
     @staticmethod
     def _by_urgency(s: Session, queues: Sequence[str]) -> list[str]:

@@ -11,6 +11,8 @@ from fastapi import APIRouter, Path, Query
 from pipeline.api.deps import ReviewKey, SessionDep, StateDep, XReviewer, reviewer
 from pipeline.api.errors import AUTH_ERRORS, responses
 from pipeline.api.schemas import (
+    ClaimBatchCreate,
+    ClaimBatchPublic,
     ClaimCreate,
     ItemStatusName,
     QueueName,
@@ -81,6 +83,25 @@ def claim(
     who = reviewer(x_reviewer, body.reviewer)
     view = state.rt.review.claim(s, reviewer_id=who, queue=body.queue, item_id=body.item_id)
     return view.as_dict()
+
+
+@router.post(
+    "/claims",
+    response_model=ClaimBatchPublic,
+    summary="Lease up to `count` items at once",
+    responses=responses(*AUTH_ERRORS, 404, 409),
+)
+def claim_batch(
+    body: ClaimBatchCreate, _key: ReviewKey, state: StateDep, s: SessionDep,
+    x_reviewer: XReviewer = None,
+) -> dict[str, Any]:
+    """For a reviewer's tool that prefetches its next items: the most urgent `count` items the
+    reviewer may take, in claim order, in one transaction.  Each item has its own lease (renew
+    or release it like any other) and its own audit event; exposure caps still count per item.
+    404 `review.queue_empty` when there is none."""
+    who = reviewer(x_reviewer, body.reviewer)
+    views = state.rt.review.claim_many(s, reviewer_id=who, queue=body.queue, limit=body.count)
+    return {"items": [v.as_dict() for v in views]}
 
 
 @router.post(

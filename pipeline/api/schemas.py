@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from pipeline.apikeys import Scope
+from review.service import MAX_CLAIM_BATCH
 from review.states import ItemKind, ItemStatus, Verdict
 
 Outcome = Literal["allow", "hold", "review"]
@@ -214,6 +215,18 @@ class ClaimCreate(_Request):
     item_id: ItemId | None = None
     #: who claims; or the X-Reviewer header
     reviewer: ReviewerId | None = None
+
+
+class ClaimBatchCreate(_Request):
+    queue: QueueName | None = None
+    #: how many items to lease at once, each with its own lease and audit event
+    count: Annotated[int, Field(ge=1, le=MAX_CLAIM_BATCH)] = 10
+    #: who claims; or the X-Reviewer header
+    reviewer: ReviewerId | None = None
+
+
+class ClaimBatchPublic(_Public):
+    items: list[ReviewItemPublic]
 
 
 class VerdictCreate(_Request):

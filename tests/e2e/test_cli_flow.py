@@ -89,6 +89,14 @@ def test_score_review_decide_execute_audit(env: dict[str, str]) -> None:
     audit = js(run(env, "audit", "verify", "--json"))
     assert audit["ok"] is True and audit["events"] > 5
 
+    # a reviewer's tool may lease several items at once, each on its own lease
+    more = [js(run(env, "score", str(ROOT / "samples/astronaut.jpg"), "--account", f"acct-b{i}",
+                   "--json"))["review_item_id"] for i in range(2)]
+    batch = js(run(env, "review", "claim", "--reviewer", "dana", "--count", "5", "--json"))
+    assert [(i["id"], i["claimed_by"]) for i in batch["items"]] == [(m, "dana") for m in more]
+    empty = run(env, "review", "claim", "--reviewer", "dana", "--count", "5", "--json", expect=2)
+    assert js(empty)["error"]["code"] == "review.queue_empty"
+
 
 def test_user_errors_have_codes_and_exit_2(env: dict[str, str], tmp_path: Path) -> None:
     bad = tmp_path / "not-an-image.jpg"

@@ -566,3 +566,32 @@ def test_micro_batcher_reports_model_failure_to_every_caller() -> None:
 
 def encode_pixels() -> np.ndarray[Any, np.dtype[np.uint8]]:
     return np.asarray(quadrants(8, 8))
+
+
+@pytest.mark.model
+def test_claims_lease_several_items_at_once_in_claim_order(
+    client: httpx.Client, reviewers: httpx.Client
+) -> None:
+    """POST /v1/review/claims: a reviewer's tool prefetching; each item leased on its own."""
+    held = [classify(client, fresh_astronaut(), account="acct-batch").json()["review_item_id"]
+            for _ in range(3)]
+    dana = {"X-Reviewer": "dana"}
+    error(reviewers.post("/v1/review/claims", headers=dana, json={"count": 0}), 422,
+          "request.invalid")
+    error(reviewers.post("/v1/review/claims", headers=dana, json={"count": 51}), 422,
+          "request.invalid")
+    taken: list[dict[str, Any]] = []
+    while True:  # other tests' items may wait in the queue too: take everything
+        r = reviewers.post("/v1/review/claims", headers=dana, json={"queue": "demo", "count": 2})
+        if r.status_code == 404:
+            assert r.json()["code"] == "review.queue_empty"
+            break
+        assert r.status_code == 200, r.text
+        assert 1 <= len(r.json()["items"]) <= 2
+        taken.extend(r.json()["items"])
+    ids = [i["id"] for i in taken]
+    assert set(held) <= set(ids) and len(ids) == len(set(ids))
+    assert {(i["status"], i["claimed_by"]) for i in taken} == {("claimed", "dana")}
+    assert [i["id"] for i in taken if i["id"] in held] == held  # same priority: oldest first
+    for i in ids:  # give them back for the other tests
+        assert reviewers.post(f"/v1/review/items/{i}/release", headers=dana).status_code == 200

@@ -35,6 +35,7 @@ MATRIX: Final[list[tuple[str, str, tuple[int, ...]]]] = [
     ("GET", "/v1/review/items",                   (401, 401, 401, 403, 200, 403, 200)),
     ("GET", "/v1/review/items/{item_id}",         (401, 401, 401, 403, 200, 403, 200)),
     ("POST", "/v1/review/claim",                  (401, 401, 401, 403, 200, 403, 200)),
+    ("POST", "/v1/review/claims",                 (401, 401, 401, 403, 200, 403, 200)),
     ("POST", "/v1/review/items/{item_id}/verdict", (401, 401, 401, 403, 200, 403, 200)),
     ("POST", "/v1/review/items/{item_id}/release", (401, 401, 401, 403, 200, 403, 200)),
     ("GET", "/v1/review/stats",                   (401, 401, 401, 403, 200, 403, 200)),
@@ -132,6 +133,9 @@ class Fixtures:
                 method, f"/v1/review/items/{self.held()['review_item_id']}", {"headers": DANA}),
             "/v1/review/claim": lambda: Call(method, template, {
                 "headers": DANA, "json": {"item_id": self.held()["review_item_id"]}}),
+            # something held, so the batch has at least one item to lease
+            "/v1/review/claims": lambda: (self.held(), Call(method, template, {
+                "headers": DANA, "json": {"count": 2}}))[1],
             "/v1/review/items/{item_id}/verdict": lambda: Call(
                 method, f"/v1/review/items/{self.claimed_by_dana()}/verdict",
                 {"headers": DANA, "json": {"verdict": "benign", "note": "matrix"}}),
