@@ -538,25 +538,27 @@ def decisions_show(decision: str, as_json: JsonOpt = False) -> None:
 # ---- audit, policy, db ------------------------------------------------------------------------
 @audit_app.command("verify")
 def audit_verify(as_json: JsonOpt = False) -> None:
-    """Recompute the hash chain; exit 1 at the first break."""
+    """Recompute the hash chains; exit 1 at the first break."""
     from review import audit
 
     def body() -> int:
         rt = runtime()
         with rt.db.transaction() as s:
             report = audit.verify(s)
-        d = {"ok": report.ok, "events": report.events, "problem": report.problem,
-             "at_seq": report.at_seq}
+        d = {"ok": report.ok, "events": report.events, "chains": report.chains,
+             "problem": report.problem, "at_chain": report.at_chain, "at_seq": report.at_seq}
         if not report.ok:
             if as_json:
                 emit({**d, "error": {"code": AuditChainBroken.code, "detail": report.problem}},
                      True)
                 return Exit.CHECK_FAILED
-            raise AuditChainBroken(f"{report.problem} (at event {report.at_seq})")
+            raise AuditChainBroken(
+                f"{report.problem} (chain {report.at_chain}, at event {report.at_seq})")
         if as_json:
             emit(d, True)
         else:
-            out.print(f"[green]audit chain verifies[/green]: {report.events} events")
+            out.print(f"[green]audit chain verifies[/green]: {report.events} events in "
+                      f"{report.chains} chains")
         return Exit.OK
 
     raise typer.Exit(guarded(body, as_json=as_json))

@@ -7,11 +7,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from review.schema import AuditEvent, AuditHead
@@ -61,11 +62,21 @@ class NewEvent:
 _EVENT = cast(Table, AuditEvent.__table__)
 _HEAD = cast(Table, AuditHead.__table__)
 # built once: the hot path (a claim) appends an event per transaction
-_LOCK_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
+#: the first head no other transaction holds (PostgreSQL; SQLite has one writer: always chain 1)
+_FREE_HEAD = (
+    select(_HEAD.c.id, _HEAD.c.seq, _HEAD.c.hash)
+    .order_by(_HEAD.c.id).limit(1).with_for_update(skip_locked=True)
+)
+#: every head is taken: wait for one (chosen by the caller)
+_WAIT_HEAD = (
+    select(_HEAD.c.id, _HEAD.c.seq, _HEAD.c.hash)
+    .where(_HEAD.c.id == bindparam("chain")).with_for_update()
+)
 _MOVE_HEAD = (
-    update(_HEAD).where(_HEAD.c.id == 1)
+    update(_HEAD).where(_HEAD.c.id == bindparam("chain"))
     .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 )
+_SESSION_KEY = "lookfirst.audit_chain"
 
 
 def append(
@@ -82,14 +93,30 @@ def append(
     append_many(session, [NewEvent(at, actor, event, subject_type, subject_id, data or {})])
 
 
+def _lock_head(session: Session) -> Any:
+    """The head this transaction appends to, locked until it commits.  A transaction keeps
+    the head it took first, so its events stay together in one chain."""
+    txn = session.get_transaction()
+    held = session.info.get(_SESSION_KEY)
+    if held is not None and held[0] is txn:
+        return session.execute(_WAIT_HEAD, {"chain": held[1]}).one()  # ours already
+    head = session.execute(_FREE_HEAD).first()
+    if head is None:  # more audited transactions in flight than chains: queue on one
+        chains = session.execute(select(func.count()).select_from(_HEAD)).scalar_one()
+        head = session.execute(_WAIT_HEAD, {"chain": 1 + os.getpid() % chains}).one()
+    session.info[_SESSION_KEY] = (txn, head.id)
+    return head
+
+
 def append_many(session: Session, events: Sequence[NewEvent]) -> None:
-    """Append events in order, in the caller's transaction.  Locks the head row (PostgreSQL)
-    so concurrent writers serialise their chain links instead of forking the chain; SQLite is
-    already single-writer.  One lock, one insert and one head update however many events."""
+    """Append events in order, in the caller's transaction, to one chain whose head this
+    transaction locks (PostgreSQL: one no other transaction holds, so concurrent writers do
+    not queue on one row and no chain forks; SQLite is single-writer).  One head lock, one
+    insert and one head update however many events."""
     if not events:
         return
-    head = session.execute(_LOCK_HEAD).one()
-    seq, prev = int(head.seq), str(head.hash)
+    head = _lock_head(session)
+    chain, seq, prev = int(head.id), int(head.seq), str(head.hash)
     rows: list[dict[str, Any]] = []
     for e in events:
         seq += 1
@@ -97,32 +124,59 @@ def append_many(session: Session, events: Sequence[NewEvent]) -> None:
         digest = event_hash(prev_hash=prev, seq=seq, at=e.at, actor=e.actor, event=e.event,
                             subject_type=e.subject_type, subject_id=str(e.subject_id),
                             data=data)
-        rows.append({"seq": seq, "at": e.at, "actor": e.actor, "event": e.event,
-                     "subject_type": e.subject_type, "subject_id": str(e.subject_id),
-                     "data": data, "prev_hash": prev, "hash": digest})
+        rows.append({"chain": chain, "seq": seq, "at": e.at, "actor": e.actor,
+                     "event": e.event, "subject_type": e.subject_type,
+                     "subject_id": str(e.subject_id), "data": data, "prev_hash": prev,
+                     "hash": digest})
         prev = digest
     session.execute(insert(_EVENT), rows)
-    session.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
+    session.execute(_MOVE_HEAD, {"chain": chain, "new_seq": seq, "new_hash": prev})
 
 
 @dataclass(frozen=True, slots=True)
 class ChainReport:
     ok: bool
+    #: events verified (all of them when ok)
     events: int
     problem: str | None = None
     at_seq: int | None = None
+    #: the chain with the problem
+    at_chain: int | None = None
+    chains: int = 0
 
 
 def verify(session: Session, *, batch: int = 5000) -> ChainReport:
-    """Recompute the whole chain; report the first break."""
+    """Recompute every chain; report the first break."""
+    # the heads first: events appended while this runs are past them and not looked at
+    heads = session.execute(
+        select(_HEAD.c.id, _HEAD.c.seq, _HEAD.c.hash).order_by(_HEAD.c.id)
+    ).all()
+    total = 0
+    for head in heads:
+        count, problem, at_seq = _verify_chain(session, head, batch)
+        total += count
+        if problem is not None:
+            return ChainReport(False, total, problem, at_seq, head.id, len(heads))
+    strays = session.execute(
+        select(func.count()).select_from(AuditEvent)
+        .where(AuditEvent.chain.not_in([h.id for h in heads]))
+    ).scalar_one()
+    if strays:
+        return ChainReport(False, total, f"{strays} events hang from no chain's head",
+                           chains=len(heads))
+    return ChainReport(True, total, chains=len(heads))
+
+
+def _verify_chain(session: Session, head: Any, batch: int) -> tuple[int, str | None, int | None]:
     prev = GENESIS
     expected_seq = 1
     count = 0
-    for row in _rows(session, batch):
+    chain, head_seq, head_hash = head.id, head.seq, head.hash
+    for row in _rows(session, chain, head_seq, batch):
         if row.seq != expected_seq:
-            return ChainReport(False, count, f"sequence gap: expected {expected_seq}", row.seq)
+            return count, f"sequence gap: expected {expected_seq}", row.seq
         if row.prev_hash != prev:
-            return ChainReport(False, count, "link to the previous event does not match", row.seq)
+            return count, "link to the previous event does not match", row.seq
         digest = event_hash(
             prev_hash=row.prev_hash,
             seq=row.seq,
@@ -134,21 +188,31 @@ def verify(session: Session, *, batch: int = 5000) -> ChainReport:
             data=row.data,
         )
         if digest != row.hash:
-            return ChainReport(False, count, "event content does not match its hash", row.seq)
+            return count, "event content does not match its hash", row.seq
         prev = row.hash
         expected_seq += 1
         count += 1
-    head = session.execute(select(AuditHead).where(AuditHead.id == 1)).scalar_one()
-    if head.seq != count or head.hash != prev:
-        return ChainReport(False, count, "the chain's head does not match its last event", head.seq)
-    return ChainReport(True, count)
+    if head_seq != count or head_hash != prev:
+        return count, "the chain's head does not match its last event", head_seq
+    past = session.execute(
+        select(func.max(AuditEvent.seq)).where(AuditEvent.chain == chain,
+                                               AuditEvent.seq > head_seq)
+    ).scalar()
+    if past is not None:  # appended since the head was read, or hung past the head by hand
+        now: int = session.execute(select(_HEAD.c.seq).where(_HEAD.c.id == chain)).scalar_one()
+        if now < past:
+            return count, "events past the chain's head", head_seq + 1
+    return count, None, None
 
 
-def _rows(session: Session, batch: int) -> Iterator[AuditEvent]:
+def _rows(session: Session, chain: int, upto: int, batch: int) -> Iterator[AuditEvent]:
+    """The chain's events up to the head as it was read (later appends are not looked at)."""
     last = 0
     while True:
         rows = session.execute(
-            select(AuditEvent).where(AuditEvent.seq > last).order_by(AuditEvent.seq).limit(batch)
+            select(AuditEvent)
+            .where(AuditEvent.chain == chain, AuditEvent.seq > last, AuditEvent.seq <= upto)
+            .order_by(AuditEvent.seq).limit(batch)
         ).scalars().all()
         if not rows:
             return

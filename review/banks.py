@@ -10,9 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from review import audit
@@ -20,6 +22,7 @@ from review.errors import ReviewError
 from review.schema import BankEntry
 
 BANKS = ("violating", "cleared_benign")
+_BANK = cast(Table, BankEntry.__table__)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -45,10 +48,17 @@ def add(
 ) -> bool:
     """Add one entry (idempotent); returns False if it was already there."""
     sha = _check(bank, sha256)
-    if s.get(BankEntry, (bank, sha)) is not None:
+    # INSERT ... ON CONFLICT DO NOTHING: two people clearing the same image at the same moment
+    # both succeed, and the entry (and its audit event) is written once
+    dialect = s.get_bind().dialect.name
+    ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(_BANK)
+    row = s.execute(
+        ins.values(bank=bank, sha256=sha, source=source, note=note[:500], created_at=at)
+        .on_conflict_do_nothing(index_elements=["bank", "sha256"])
+        .returning(_BANK.c.sha256)
+    ).first()
+    if row is None:
         return False
-    s.add(BankEntry(bank=bank, sha256=sha, source=source, note=note[:500], created_at=at))
-    s.flush()
     audit.append(s, at=at, actor=actor, event="bank.added", subject_type="bank",
                  subject_id=f"{bank}:{sha[:16]}", data={"source": source})
     return True

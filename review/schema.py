@@ -354,9 +354,16 @@ class Outbox(Base):
 
 
 class AuditEvent(Base):
-    """One row of the hash-chained audit log; written in the transaction it records."""
+    """One row of the hash-chained audit log; written in the transaction it records.
+
+    The log is a few parallel chains (`chain` names the head it hangs from) so that audited
+    transactions do not all queue on one row: each transaction links its events to a head no
+    other transaction holds.  Every event is in exactly one chain; each chain is verified on its
+    own, and its head catches a truncated tail."""
 
     __tablename__ = "audit_event"
+    chain: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False,
+                                       server_default="1")
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
                                      autoincrement=False)
     at: Mapped[dt.datetime]
@@ -371,13 +378,14 @@ class AuditEvent(Base):
 
 
 class AuditHead(Base):
-    """The chain's head: one row, locked by each writer so the chain cannot fork."""
+    """A chain's head (its id is the chain's number): locked by the transaction that appends
+    to that chain, so a chain cannot fork."""
 
     __tablename__ = "audit_head"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
-    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+    __table_args__ = (CheckConstraint("id >= 1", name="chain_number"),)
 
 
 class ApiKey(Base):

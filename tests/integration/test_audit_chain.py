@@ -52,7 +52,10 @@ def test_a_workflow_verifies(chained: Database) -> None:
     report = verify(chained)
     assert report.ok and report.problem is None
     assert report.events == n_events(chained) > 20
-    head = sql(chained, "SELECT seq, hash FROM audit_head")[0]
+    # one writer at a time here: everything hangs from chain 1, the other chains are empty
+    assert report.chains == 16
+    assert sql(chained, "SELECT DISTINCT chain FROM audit_event") == [(1,)]
+    head = sql(chained, "SELECT seq, hash FROM audit_head WHERE id = 1")[0]
     last = sql(chained, "SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1")[0]
     assert tuple(head) == tuple(last)
     kinds = {r[0] for r in sql(chained, "SELECT DISTINCT event FROM audit_event")}
@@ -96,7 +99,7 @@ def test_an_edit_that_rehashes_its_row_breaks_the_next_link(chained: Database) -
     """A forger who recomputes the edited row's hash still breaks the following row."""
     seq = int(sql(chained, "SELECT min(seq) FROM audit_event WHERE event = 'item.claim'")[0][0])
     with chained.transaction() as s:
-        row = s.get(AuditEvent, seq)
+        row = s.get(AuditEvent, (1, seq))
         assert row is not None
         forged = audit.event_hash(prev_hash=row.prev_hash, seq=row.seq, at=row.at,
                                   actor="mallory", event=row.event,
@@ -141,7 +144,7 @@ def test_a_deleted_tail_with_a_rewound_head_is_still_caught(chained: Database) -
     """Rewinding the head's seq alone is not enough: its hash names the lost last event."""
     total = n_events(chained)
     sql(chained, "DELETE FROM audit_event WHERE seq = :s", s=total)
-    sql(chained, "UPDATE audit_head SET seq = :s", s=total - 1)
+    sql(chained, "UPDATE audit_head SET seq = :s WHERE id = 1", s=total - 1)
     report = verify(chained)
     assert (report.ok, report.problem) == (False,
                                            "the chain's head does not match its last event")
@@ -169,3 +172,67 @@ def test_the_chain_keeps_verifying_as_it_grows(
         svc.execute_due(s)
     after = verify(chained)
     assert after.ok and after.events > before
+
+
+def test_a_row_hung_past_the_head_is_caught(chained: Database) -> None:
+    """A forged event appended with a correct hash and link, but without moving the head."""
+    seq, prev = sql(chained, "SELECT seq, hash FROM audit_head WHERE id = 1")[0]
+    with chained.transaction() as s:
+        last = s.get(AuditEvent, (1, seq))
+        assert last is not None
+        at = last.at
+    forged = audit.event_hash(prev_hash=prev, seq=seq + 1, at=at, actor="mallory",
+                              event="item.claim", subject_type="review_item", subject_id="1",
+                              data={})
+    sql(chained, "INSERT INTO audit_event (chain, seq, at, actor, event, subject_type, "
+                 "subject_id, data, prev_hash, hash) VALUES (1, :q, :at, 'mallory', "
+                 "'item.claim', 'review_item', '1', '{}', :p, :h)",
+        q=seq + 1, at=at.replace(tzinfo=None), p=prev, h=forged)
+    report = verify(chained)
+    assert (report.ok, report.at_chain, report.at_seq, report.problem) == (
+        False, 1, seq + 1, "events past the chain's head")
+
+
+@pytest.mark.postgres
+def test_a_second_writer_appends_to_another_chain_and_each_chain_is_checked(
+    pg_url: str, clock: FakeClock
+) -> None:
+    """While one transaction holds chain 1's head, another links its events to chain 2 instead
+    of waiting; both chains verify, and tampering in chain 2 is caught in chain 2."""
+    from review.db import Database as Db
+    from review.service import ReviewService as Svc
+    from tests.review_support import make_config, seed_reviewers
+
+    db = Db(pg_url)
+    db.upgrade()
+    svc = Svc(make_config(), clock=clock)
+    with db.transaction() as s:
+        seed_reviewers(svc, s)
+    try:
+        with db.engine.connect() as holder:
+            holder.exec_driver_sql("SELECT 1 FROM audit_head WHERE id = 1 FOR UPDATE")
+            with db.transaction() as s:  # would wait forever on one chain; takes chain 2
+                record(svc, s, 1, outcome="hold")
+            holder.rollback()
+        with db.transaction() as s:
+            record(svc, s, 2, outcome="hold")  # chain 1 is free again
+        chains = dict(sql(db, "SELECT chain, count(*) FROM audit_event "
+                              "WHERE event = 'decision.recorded' GROUP BY chain"))
+        assert chains == {1: 1, 2: 1}
+        report = verify(db)
+        assert report.ok and report.chains == 16, report
+        seq = sql(db, "SELECT seq FROM audit_event WHERE chain = 2 "
+                      "AND event = 'decision.recorded'")[0][0]
+        sql(db, "UPDATE audit_event SET actor = 'mallory' WHERE chain = 2 AND seq = :s", s=seq)
+        report = verify(db)
+        assert (report.ok, report.at_chain, report.at_seq) == (False, 2, seq)
+        sql(db, "UPDATE audit_event SET actor = 'system:lookfirst' WHERE chain = 2 "
+                "AND seq = :s", s=seq)
+        assert verify(db).ok
+        sql(db, "DELETE FROM audit_event WHERE chain = 2 AND seq = "
+                "(SELECT max(seq) FROM audit_event WHERE chain = 2)")
+        report = verify(db)
+        assert (report.ok, report.at_chain, report.problem) == (
+            False, 2, "the chain's head does not match its last event")
+    finally:
+        db.dispose()

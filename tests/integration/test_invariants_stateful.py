@@ -110,7 +110,7 @@ class Workbench:
         self.db.upgrade()
         seed_reviewers(self.db)
         with self.db.transaction() as s:
-            self.head = s.execute(text("SELECT seq, hash FROM audit_head")).one()
+            self.head = s.execute(text("SELECT seq, hash FROM audit_head WHERE id = 1")).one()
         present = set(inspect(self.db.engine).get_table_names())
         # children before parents, so the foreign keys hold at every statement
         self.wipe = [t.name for t in reversed(Base.metadata.sorted_tables)
@@ -121,7 +121,7 @@ class Workbench:
             for table in self.wipe:
                 s.execute(text(f"DELETE FROM {table}"))
             s.execute(text("DELETE FROM audit_event WHERE seq > :q"), {"q": self.head.seq})
-            s.execute(text("UPDATE audit_head SET seq = :q, hash = :h"),
+            s.execute(text("UPDATE audit_head SET seq = :q, hash = :h WHERE id = 1"),
                       {"q": self.head.seq, "h": self.head.hash})
         return self.db
 

@@ -259,6 +259,8 @@ def test_concurrent_batch_claimers_never_share_and_never_lose_an_item(
     assert leased == dict(Counter(r for r, _ in claims))
     assert sorted((a, int(i)) for a, i in events) == sorted(claims)  # one event per item
     assert chain.ok, chain
+    with pg.transaction() as s:  # side by side, the claimers linked to several chains
+        assert s.execute(text("SELECT count(DISTINCT chain) FROM audit_event")).scalar_one() > 1
 
 
 def _explain(pg: Database, statement: Any, params: dict[str, Any], *, generic: bool) -> str:
