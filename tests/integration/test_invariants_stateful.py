@@ -238,11 +238,20 @@ class ReviewWorkflow(RuleBasedStateMachine):
     @precondition(lambda self: self.state["open"] > 0)
     @rule(reviewer=st.sampled_from(sorted(REVIEWERS)),
           queue=st.none() | st.sampled_from(sorted(QUEUES)), then_decide=st.booleans(),
-          data=st.data())
-    def claim(self, reviewer: str, queue: str | None, then_decide: bool,
+          count=st.sampled_from([None, None, 1, 3]), data=st.data())
+    def claim(self, reviewer: str, queue: str | None, then_decide: bool, count: int | None,
               data: st.DataObject) -> None:
+        """One item, or a reviewer's tool leasing `count` at once (then deciding the first)."""
         def step(s: Session) -> None:
-            view = self.svc.claim(s, reviewer_id=reviewer, queue=queue)
+            if count is None:
+                view = self.svc.claim(s, reviewer_id=reviewer, queue=queue)
+            else:
+                views = self.svc.claim_many(s, reviewer_id=reviewer, queue=queue, limit=count)
+                assert 1 <= len(views) <= count and len({v.id for v in views}) == len(views)
+                event(f"claim batch of {len(views)}")
+                if len(views) > 1:
+                    SEEN["claim batch of several"] += 1
+                view = views[0]
             if then_decide:
                 self._decide(data, s, view.id, reviewer)
 
@@ -498,7 +507,8 @@ def sqlite_bench(sqlite_url: str) -> Iterator[Workbench]:
 
 
 #: what the generated runs must reach, or the invariants were checked on nothing much
-MUST_REACH = ("executed account action", "two-person approval", "escalation", "appeal decided")
+MUST_REACH = ("executed account action", "two-person approval", "escalation", "appeal decided",
+              "claim batch of several")
 
 
 def test_invariants_hold_under_random_workflows_sqlite(sqlite_bench: Workbench) -> None:
