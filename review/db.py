@@ -74,6 +74,9 @@ class Database:
     def upgrade(self) -> None:
         upgrade(self.engine)
 
+    def upgrade_to(self, revision: str) -> None:
+        upgrade(self.engine, revision)
+
     def dispose(self) -> None:
         self.engine.dispose()
 

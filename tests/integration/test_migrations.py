@@ -31,3 +31,50 @@ def test_invariant_constraints_exist_in_the_database(db: Database) -> None:
         assert required in names
     item_checks = {c["name"] for c in inspect(db.engine).get_check_constraints("review_item")}
     assert "ck_review_item_lease_iff_claimed" in item_checks
+
+
+def test_a_single_chain_log_survives_the_move_to_parallel_chains(db_url: str) -> None:
+    """Events written before 0007 (one chain) become chain 1 unchanged and still verify; new
+    events append to them; going back to 0006 and forward again keeps them."""
+    import datetime as dt
+
+    from alembic import command
+    from sqlalchemy import text
+
+    from review import audit
+    from review.db import alembic_config
+
+    database = Database(db_url)
+    try:
+        database.upgrade_to("0006")
+        at = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
+        prev = audit.GENESIS
+        with database.engine.begin() as c:
+            for seq in range(1, 6):
+                h = audit.event_hash(prev_hash=prev, seq=seq, at=at, actor="old", event="e",
+                                     subject_type="t", subject_id=str(seq), data={"n": seq})
+                c.execute(text(
+                    "INSERT INTO audit_event (seq, at, actor, event, subject_type, subject_id, "
+                    "data, prev_hash, hash) VALUES (:s, :at, 'old', 'e', 't', :i, :d, :p, :h)"),
+                    {"s": seq, "at": at.replace(tzinfo=None), "i": str(seq),
+                     "d": f'{{"n": {seq}}}', "p": prev, "h": h})
+                prev = h
+            c.execute(text("UPDATE audit_head SET seq = 5, hash = :h"), {"h": prev})
+        database.upgrade()
+        with database.transaction() as s:
+            report = audit.verify(s)
+            assert (report.ok, report.events, report.chains) == (True, 5, 16), report
+            audit.append(s, at=at, actor="new", event="e", subject_type="t", subject_id="6")
+        with database.transaction() as s:
+            assert s.execute(text("SELECT chain, seq FROM audit_event WHERE actor = 'new'")
+                             ).one() == (1, 6)
+            assert audit.verify(s).ok
+        command.downgrade(alembic_config(database.engine), "0006")
+        with database.engine.connect() as c:
+            assert c.execute(text("SELECT count(*) FROM audit_head")).scalar_one() == 1
+        database.upgrade()
+        with database.transaction() as s:
+            report = audit.verify(s)
+        assert (report.ok, report.events) == (True, 6), report
+    finally:
+        database.dispose()
