@@ -1,13 +1,17 @@
 """Claims per second with 16 concurrent claimers: PostgreSQL (`FOR UPDATE SKIP LOCKED`) and
-SQLite (its single-writer path).  Each claimer is a process (as API workers are; `--threads`
-puts them in one interpreter instead) with its own engine and connection; every claim is a real
-ReviewService.claim_many() in its own transaction (lease, audit event per item and all).
+SQLite (its single-writer path).  Each claimer (a reviewer) has its own engine and connection;
+the claimers run one per process, or as threads spread over a few processes as reviewers are
+served by a few API workers (`--processes 16 2`); every claim is a real claim in its own
+transaction (lease, audit event per item and all), by one of two paths (`--path`): `desk`, the
+ClaimDesk that the API and the CLI use (on PostgreSQL one statement, `lookfirst_claim`, in
+autocommit), and `session`, ReviewService.claim_many() inside an ORM transaction.
 `--batch 1` is one item per transaction (a reviewer taking the next item); larger batches are a
 reviewer's tool prefetching its next items.  Reports claims/s, double claims (must be 0) and
 lost items (must be 0); no assertions.
 
     python -m bench.claims_bench [--items 2000] [--claimers 16] [--batch 1 10]
-                                 [--backend pg sqlite] [--threads]
+                                 [--backend pg sqlite] [--path desk session]
+                                 [--processes 16 2]
 
 PostgreSQL runs in a fresh database next to LOOKFIRST_TEST_DATABASE_URL, dropped afterwards;
 without that variable the PostgreSQL row is skipped with a message.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import multiprocessing
 import multiprocessing.process
 import os
@@ -29,10 +34,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from review import audit
 from review.db import Database
+from review.desk import ClaimDesk
 from review.errors import NothingToClaim
 from review.schema import AuditEvent, ReviewItem
 from review.service import ReviewService
@@ -100,6 +106,12 @@ def seed(db: Database, svc: ReviewService, *, items: int, claimers: int) -> None
             for n in range(start, min(items, start + SEED_BATCH)):
                 # spread priorities so the ORDER BY has work to do, as a real queue does
                 record(svc, s, n, account=f"acct-{n % 97}", priority=100 + n % 5)
+    if db.engine.dialect.name == "postgresql":
+        # a live database has planner statistics (autovacuum); a just-seeded one has none yet,
+        # and plans made without them (the claim function's are made once per connection)
+        # would measure an empty table, not a queue
+        with db.autocommit() as conn:
+            conn.execute(text("ANALYZE"))
 
 
 def busy_cpu_seconds() -> float | None:
@@ -113,13 +125,23 @@ def busy_cpu_seconds() -> float | None:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def _claimer(url: str, reviewer: str, batch: int, items: int, deadline_s: float,
+def _claimer(url: str, path: str, reviewer: str, batch: int, items: int, deadline_s: float,
              barrier: Any, out: Any) -> None:
     """One claimer: its own engine and connection, claims until the queue is empty."""
     db = Database(url, pool_size=1)
     svc = ReviewService(make_config())
+    desk = ClaimDesk(db, svc)
     with db.engine.connect():  # connect before the clock starts
         pass
+    if path == "desk" and db.engine.dialect.name == "postgresql":
+        with db.autocommit():
+            pass
+
+    def claim() -> list[Any]:
+        if path == "desk":
+            return desk.claim_many(reviewer_id=reviewer, queue=QUEUE, limit=batch)
+        with db.transaction() as s:
+            return svc.claim_many(s, reviewer_id=reviewer, queue=QUEUE, limit=batch)
     claimed: list[int] = []
     errors = 0
     kinds: Counter[str] = Counter()
@@ -131,8 +153,7 @@ def _claimer(url: str, reviewer: str, batch: int, items: int, deadline_s: float,
         if time.monotonic() > deadline:
             break
         try:
-            with db.transaction() as s:
-                views = svc.claim_many(s, reviewer_id=reviewer, queue=QUEUE, limit=batch)
+            views = claim()
         except NothingToClaim:
             break
         except Exception as exc:  # noqa: BLE001 - counted and reported, the run goes on
@@ -148,33 +169,50 @@ def _claimer(url: str, reviewer: str, batch: int, items: int, deadline_s: float,
     out.put((claimed, errors, dict(kinds), end, cpu))
 
 
-def run(url: str, backend: str, *, items: int, claimers: int, batch: int, deadline_s: float,
-        threads: bool) -> Result:
+def _claimer_group(url: str, path: str, reviewers: list[str], batch: int, items: int,
+                   deadline_s: float, barrier: Any, out: Any) -> None:
+    """One process running several claimers as threads (as an API worker serves several
+    reviewers at once)."""
+    group = [threading.Thread(target=_claimer, name=f"claimer-{r}",
+                              args=(url, path, r, batch, items, deadline_s, barrier, out))
+             for r in reviewers]
+    for t in group:
+        t.start()
+    for t in group:
+        t.join()
+
+
+def run(url: str, backend: str, *, path: str, items: int, claimers: int, batch: int,
+        deadline_s: float, processes: int) -> Result:
+    """`processes`: how many processes the claimers are spread over (as threads); 1 is one
+    interpreter, `claimers` is one process each."""
     db = Database(url)
     db.upgrade()
     svc = ReviewService(make_config())
     seed(db, svc, items=items, claimers=claimers)
     db.dispose()
-    res = Result(backend, claimers, items, batch, "threads" if threads else "processes")
+    processes = max(1, min(processes, claimers))
+    res = Result(backend, claimers, items, batch, f"{path}, {processes} proc")
+    reviewers = [f"r{i:02d}" for i in range(claimers)]
     workers: list[threading.Thread] | list[multiprocessing.process.BaseProcess]
-    if threads:
+    if processes == 1:
         barrier: Any = threading.Barrier(claimers + 1)
         out: Any = queue.Queue()
-        workers = [threading.Thread(target=_claimer, name=f"claimer-{i}",
-                                    args=(url, f"r{i:02d}", batch, items, deadline_s, barrier,
-                                          out))
-                   for i in range(claimers)]
+        workers = [threading.Thread(target=_claimer_group,
+                                    args=(url, path, reviewers, batch, items, deadline_s,
+                                          barrier, out))]
     else:
         ctx = multiprocessing.get_context("spawn")
         barrier, out = ctx.Barrier(claimers + 1), ctx.Queue()
-        workers = [ctx.Process(target=_claimer, name=f"claimer-{i}",
-                               args=(url, f"r{i:02d}", batch, items, deadline_s, barrier, out))
-                   for i in range(claimers)]
+        workers = [ctx.Process(target=_claimer_group, name=f"claimers-{p}",
+                               args=(url, path, reviewers[p::processes], batch, items,
+                                     deadline_s, barrier, out))
+                   for p in range(processes)]
     for w in workers:
         w.start()
     barrier.wait(timeout=180)
     t0, busy0 = time.monotonic(), busy_cpu_seconds()
-    reports = [out.get(timeout=deadline_s + 120) for _ in workers]
+    reports = [out.get(timeout=deadline_s + 120) for _ in reviewers]
     busy1 = busy_cpu_seconds()
     if busy0 is not None and busy1 is not None:
         res.machine_cpu = busy1 - busy0
@@ -231,31 +269,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", nargs="+", choices=["pg", "sqlite"], default=["pg", "sqlite"])
     p.add_argument("--batch", nargs="+", type=int, default=[1, 10],
                    help="items per claim transaction (one row each)")
-    p.add_argument("--threads", action="store_true",
-                   help="claimers as threads of one interpreter instead of processes")
+    p.add_argument("--path", nargs="+", choices=["desk", "session"], default=["desk", "session"],
+                   help="desk: ClaimDesk, the API's and CLI's claim (one statement in autocommit "
+                        "on PostgreSQL); session: ReviewService.claim_many inside an ORM "
+                        "transaction, as a caller composing a claim with other work does")
+    p.add_argument("--processes", nargs="+", type=int, default=[16, 2],
+                   help="how many processes the claimers are spread over, as threads (16: one "
+                        "process each; 2: two API-worker-like processes of 8 reviewers each)")
     args = p.parse_args(argv)
     results: list[Result] = []
     for backend in args.backend:
-        for batch in args.batch:
+        if backend == "pg" and not os.environ.get("LOOKFIRST_TEST_DATABASE_URL"):
+            print("postgresql: skipped (set LOOKFIRST_TEST_DATABASE_URL to run it)")
+            continue
+        # SQLite has one path: the desk runs ReviewService.claim_many in a transaction
+        paths = args.path if backend == "pg" else ["desk"]
+        for path, procs, batch in itertools.product(paths, args.processes, args.batch):
             where = pg_database() if backend == "pg" else sqlite_database()
             with where as url:
-                if url is None:
-                    print("postgresql: skipped (set LOOKFIRST_TEST_DATABASE_URL to run it)")
-                    break
+                assert url is not None
                 results.append(run(url, "postgresql" if backend == "pg" else "sqlite",
-                                   items=args.items, claimers=args.claimers, batch=batch,
-                                   deadline_s=args.deadline, threads=args.threads))
+                                   path=path, items=args.items, claimers=args.claimers,
+                                   batch=batch, deadline_s=args.deadline, processes=procs))
                 print(table(results[-1:]).splitlines()[-1], flush=True)
     print(table(results))
     for r in results:
-        print(f"{r.backend} batch {r.batch}: claims per claimer min/median/max = "
+        print(f"{r.backend} {r.mode} batch {r.batch}: claims per claimer min/median/max = "
               f"{r.per_claimer[0]}/{r.per_claimer[len(r.per_claimer) // 2]}/{r.per_claimer[-1]}")
         for kind, n in r.error_kinds.most_common():
-            print(f"{r.backend} batch {r.batch}: {n} x {kind}")
-    single = {r.backend: r.rate for r in results if r.batch == 1}
+            print(f"{r.backend} {r.mode} batch {r.batch}: {n} x {kind}")
+    single = {(r.backend, r.mode): r.rate for r in results if r.batch == 1}
     for r in results:
-        if r.batch > 1 and single.get(r.backend):
-            print(f"{r.backend}: batch {r.batch} / batch 1 = {r.rate / single[r.backend]:.2f}x")
+        if r.batch > 1 and single.get((r.backend, r.mode)):
+            print(f"{r.backend} {r.mode}: batch {r.batch} / batch 1 = "
+                  f"{r.rate / single[(r.backend, r.mode)]:.2f}x")
     return 0
 
 

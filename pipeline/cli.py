@@ -318,9 +318,8 @@ def review_claim(
 
     def body() -> int:
         rt = runtime()
-        with rt.db.transaction() as s:
-            views = rt.review.claim_many(s, reviewer_id=reviewer, queue=queue, item_id=item,
-                                         limit=count or 1)
+        views = rt.desk.claim_many(reviewer_id=reviewer, queue=queue, item_id=item,
+                                   limit=count or 1)
         if as_json:
             emit(views[0].as_dict() if count is None else {"items": [v.as_dict() for v in views]},
                  True)

@@ -14,6 +14,7 @@ from pipeline.blobs import LocalBlobStore
 from pipeline.policy import Policy, load_policy
 from pipeline.settings import Settings
 from review.db import Database
+from review.desk import ClaimDesk
 from review.service import QueueRules, ReviewConfig, ReviewService, utcnow
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class Runtime:
         self.db = Database(settings.db_url)
         self.blobs = LocalBlobStore(settings.blob_dir)
         self.review = ReviewService(review_config(self.policy, settings), clock=clock)
+        #: claims as their own transactions (one statement on PostgreSQL)
+        self.desk = ClaimDesk(self.db, self.review)
         self._scorer = scorer
         self._scorer_factory = scorer_factory
         self._lock = threading.Lock()

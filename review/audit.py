@@ -108,6 +108,20 @@ def _lock_head(session: Session) -> Any:
     return head
 
 
+def held_chain(session: Session) -> int | None:
+    """The chain this session's transaction already appends to, if any."""
+    held = session.info.get(_SESSION_KEY)
+    if held is not None and held[0] is session.get_transaction():
+        return int(held[1])
+    return None
+
+
+def hold_chain(session: Session, chain: int) -> None:
+    """Record that this transaction locked `chain`'s head (the claim function does it inside
+    PostgreSQL), so its later events go to the same chain."""
+    session.info[_SESSION_KEY] = (session.get_transaction(), chain)
+
+
 def append_many(session: Session, events: Sequence[NewEvent]) -> None:
     """Append events in order, in the caller's transaction, to one chain whose head this
     transaction locks (PostgreSQL: one no other transaction holds, so concurrent writers do

@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -89,6 +90,8 @@ def utcnow() -> dt.datetime:
 
 # ---- the claim path's statements, built once (a claim is the hottest transaction) ----------
 MAX_CLAIM_BATCH = 50
+#: a capped queue without a window of its own counts exposure over one shift
+DEFAULT_EXPOSURE_WINDOW = dt.timedelta(hours=8)
 _ITEM = cast(Table, ReviewItem.__table__)
 _VERDICT = cast(Table, VerdictRow.__table__)
 _DECISION = cast(Table, Decision.__table__)
@@ -325,10 +328,22 @@ def action_dict(a: Action) -> dict[str, Any]:
 
 
 class ReviewService:
-    def __init__(self, config: ReviewConfig, *, clock: Callable[[], dt.datetime] = utcnow) -> None:
+    def __init__(self, config: ReviewConfig, *, clock: Callable[[], dt.datetime] = utcnow,
+                 claims_in_server: bool = True) -> None:
         self.config = config
         self.clock = clock
+        #: PostgreSQL claims run inside the server (`lookfirst_claim`); False keeps them in
+        #: Python, statement by statement, as on SQLite (the tests compare the two)
+        self.claims_in_server = claims_in_server
         self._last_sweep: dt.datetime | None = None
+        names, rules = list(config.queues), list(config.queues.values())
+        #: each queue's role, exposure cap and window, as the claim function takes them
+        self._queue_table: tuple[list[str], list[str | None], list[int | None],
+                                 list[dt.timedelta | None]] = (
+            names, [r.role for r in rules],
+            [r.exposure_cap for r in rules],
+            [None if r.exposure_cap is None else (r.exposure_window or DEFAULT_EXPOSURE_WINDOW)
+             for r in rules])
 
     # ---- audit + outbox, always inside the caller's transaction ---------------------------
     def _audit(
@@ -776,50 +791,7 @@ class ReviewService:
         if appeal_items:
             appeals = {r.item_id: r.statement
                        for r in s.execute(_VIEW_APPEALS, {"ids": appeal_items})}
-        out = []
-        for it in items:
-            d = decisions[it.decision_id]
-            own = verdicts.get(it.id, [])
-            shown: list[dict[str, Any]] = []
-            open_ = it.status in OPEN_ITEM_STATUSES
-            for v in own:
-                # no anchoring: while the item is open, a reviewer sees only their own verdict
-                if open_ and viewer is not None and v.reviewer_id != viewer:
-                    continue
-                shown.append({"reviewer": v.reviewer_id, "verdict": v.verdict,
-                              "categories": v.categories, "note": v.note,
-                              "at": v.created_at.isoformat()})
-            if it.kind == ItemKind.ESCALATION and it.parent_item_id is not None:
-                for v in verdicts.get(it.parent_item_id, []):
-                    shown.append({"reviewer": v.reviewer_id, "verdict": v.verdict,
-                                  "categories": v.categories, "note": v.note,
-                                  "at": v.created_at.isoformat(),
-                                  "from_item": it.parent_item_id})
-            out.append(ItemView(
-                id=it.id,
-                kind=it.kind,
-                queue=it.queue,
-                status=it.status,
-                severity=it.severity,
-                priority=it.priority,
-                reviewers_required=it.reviewers_required,
-                verdicts_in=len(own),
-                account_id=it.account_id,
-                content_sha256=it.content_sha256,
-                decision_id=it.decision_id,
-                outcome=d.outcome,
-                scores=d.scores,
-                reasons=d.reasons,
-                context=d.context,
-                due_at=it.due_at,
-                created_at=it.created_at,
-                claimed_by=it.claimed_by,
-                lease_expires_at=it.lease_expires_at,
-                proposed_actions=sorted(proposed.get(it.decision_id, ())),
-                verdicts=shown,
-                appeal_statement=appeals.get(it.id),
-            ))
-        return out
+        return _assemble_views(items, decisions, verdicts, proposed, appeals, viewer)
 
     def expire_leases(self, s: Session, *, limit: int = 100) -> list[int]:
         """Return items whose lease ran out to their queue, each with an audit event."""
@@ -829,13 +801,26 @@ class ReviewService:
             self._release(s, item_id, actor=SYSTEM, reason="lease_expired")
         return list(expired)
 
+    def server_claims(self, dialect: str, reviewer_id: str) -> bool:
+        """Whether this reviewer's claims run inside the database (`lookfirst_claim`)."""
+        return self.claims_in_server and dialect == "postgresql" and _audit_safe(reviewer_id)
+
+    def sweep_due(self, now: dt.datetime) -> bool:
+        """Whether the claim path should return expired leases now (see `_sweep_leases`)."""
+        last = self._last_sweep
+        return last is None or now >= last + self.config.lease_sweep_every or now < last
+
+    def sweep_leases(self, s: Session, *, now: dt.datetime | None = None,
+                     force: bool = False) -> int:
+        """`_sweep_leases` for a caller that runs the sweep in its own transaction."""
+        return self._sweep_leases(s, self.clock() if now is None else now, force=force)
+
     def _sweep_leases(self, s: Session, now: dt.datetime, *, force: bool = False) -> int:
         """`expire_leases` from the claim path: at most once per `lease_sweep_every` per
         service while there is work to hand out, and always before a claim says there is
         none (a lease is minutes long; `lookfirst worker` sweeps too).  Returns how many
         leases it returned."""
-        last = self._last_sweep
-        if force or last is None or now >= last + self.config.lease_sweep_every or now < last:
+        if force or self.sweep_due(now):
             self._last_sweep = now
             return len(self.expire_leases(s))
         return 0
@@ -878,11 +863,38 @@ class ReviewService:
         one transaction (a reviewer's tool prefetching the next items).
 
         PostgreSQL: `FOR UPDATE SKIP LOCKED`, so concurrent claimers never wait on or take the
-        same row.  SQLite: the transaction already holds the single write lock."""
-        if not 1 <= limit <= MAX_CLAIM_BATCH:
-            raise ReviewError(f"a claim takes 1 to {MAX_CLAIM_BATCH} items, not {limit}")
+        same row, all of it in one round trip (`lookfirst_claim`, migration 0008).  SQLite: the
+        transaction already holds the single write lock, and the same rules run here."""
+        check_claim_limit(limit)
         now = self.clock()
         self._sweep_leases(s, now)
+        views = self.lease(s, reviewer_id=reviewer_id, queue=queue, item_id=item_id,
+                           limit=limit, now=now)
+        if not views and self._sweep_leases(s, now, force=True):
+            views = self.lease(s, reviewer_id=reviewer_id, queue=queue, item_id=item_id,
+                               limit=limit, now=now)
+        if not views:
+            raise nothing_claimed(reviewer_id, item_id)
+        return views
+
+    def lease(self, s: Session, *, reviewer_id: str, queue: str | None, item_id: int | None,
+              limit: int, now: dt.datetime) -> list[ItemView]:
+        """One attempt at `claim_many` without its lease sweeps: the leased items' views, or
+        [] when nothing is claimable (the claim desk sweeps in transactions of its own)."""
+        if self.server_claims(s.get_bind().dialect.name, reviewer_id):
+            return self._lease_in_server(s, reviewer_id, queue, item_id, limit, now)
+        return self._lease_here(s, reviewer_id, queue, item_id, limit, now)
+
+    def _exposure_cap_reached(self, reviewer_id: str, queue: str) -> ExposureCapReached:
+        rules = self.config.rules(queue)
+        return ExposureCapReached(
+            f"reviewer {reviewer_id!r} has reviewed {rules.exposure_cap} items in severe "
+            f"queue {queue!r} within {rules.exposure_window}; take a break or another queue"
+        )
+
+    def _lease_here(self, s: Session, reviewer_id: str, queue: str | None, item_id: int | None,
+                    limit: int, now: dt.datetime) -> list[ItemView]:
+        """The claim, statement by statement (SQLite, and PostgreSQL when told to)."""
         queues = self.entitled_queues(s, reviewer_id)
         if queue is not None:
             if queue not in queues:
@@ -895,27 +907,16 @@ class ReviewService:
             rules = self.config.rules(q)
             if rules.exposure_cap is None:
                 continue
-            window = rules.exposure_window or dt.timedelta(hours=8)
+            window = rules.exposure_window or DEFAULT_EXPOSURE_WINDOW
             seen = s.execute(_EXPOSURE_SEEN, {"r": reviewer_id, "q": q,
                                               "since": now - window}).scalar_one()
             room[q] = rules.exposure_cap - seen
         open_queues = [q for q in queues if room.get(q, 1) > 0]
         if not open_queues:
-            q = queues[0]
-            rules = self.config.rules(q)
-            raise ExposureCapReached(
-                f"reviewer {reviewer_id!r} has reviewed {rules.exposure_cap} items in severe "
-                f"queue {q!r} within {rules.exposure_window}; take a break or another queue"
-            )
+            raise self._exposure_cap_reached(reviewer_id, queues[0])
         ids = self._pick(s, reviewer_id, open_queues, item_id, limit, room)
-        if not ids and self._sweep_leases(s, now, force=True):
-            ids = self._pick(s, reviewer_id, open_queues, item_id, limit, room)
         if not ids:
-            if item_id is not None:
-                raise InvalidTransition(
-                    f"review item {item_id} cannot be claimed by {reviewer_id!r}"
-                )
-            raise NothingToClaim()
+            return []
         until = now + self.config.lease
         t = ITEM_TRANSITIONS["claim"]
         rows = list(s.execute(_CLAIM, {"ids": ids, "b_reviewer": reviewer_id, "b_until": until,
@@ -929,8 +930,8 @@ class ReviewService:
         if exposures:
             s.execute(insert(_EXPOSURE), exposures)
         views = self._views(s, rows, reviewer_id)
-        # the audit events come last: the chain's head row, which every audited transaction
-        # waits on, stays locked for little more than the commit
+        # the audit events come last: the chain's head row stays locked for little more than
+        # the commit
         self._audit_many(s, [
             audit.NewEvent(now, reviewer_id, f"item.{t.name}", "review_item", r.id,
                            {"to": str(t.target)})
@@ -938,26 +939,98 @@ class ReviewService:
         ])
         return views
 
+    def _lease_in_server(self, s: Session, reviewer_id: str, queue: str | None,
+                         item_id: int | None, limit: int, now: dt.datetime) -> list[ItemView]:
+        """The same claim as `_lease_here`, done by `lookfirst_claim` inside PostgreSQL in one
+        round trip, in the caller's transaction; the policy's rules for each queue go in as
+        arguments."""
+        rows = s.execute(CLAIM_IN_SERVER, self.server_claim_params(
+            reviewer_id=reviewer_id, queue=queue, item_id=item_id, limit=limit, now=now,
+            chain=audit.held_chain(s))).all()
+        views = self.server_claim_views(rows, reviewer_id=reviewer_id, queue=queue)
+        if views:
+            # the function appended to this chain's head, which the transaction now holds
+            audit.hold_chain(s, rows[0].chain)
+            self._forget(s, ReviewItem, [v.id for v in views])
+        return views
+
+    def server_claim_params(self, *, reviewer_id: str, queue: str | None, item_id: int | None,
+                            limit: int, now: dt.datetime, chain: int | None) -> dict[str, Any]:
+        """`lookfirst_claim`'s arguments (see `CLAIM_IN_SERVER`)."""
+        names, roles, caps, since = self._queue_table
+        return {
+            "reviewer": reviewer_id, "queue": queue, "item_id": item_id, "lim": limit,
+            "now": _naive_utc(now), "until": _naive_utc(now + self.config.lease),
+            "chain": chain, "cfg_queues": names, "cfg_roles": roles, "cfg_caps": caps,
+            "cfg_since": [None if w is None else _naive_utc(now - w) for w in since],
+        }
+
+    def server_claim_views(self, rows: Sequence[Any], *, reviewer_id: str,
+                           queue: str | None) -> list[ItemView]:
+        """What the reviewer sees of the items `lookfirst_claim` leased (empty: nothing to
+        claim), or the refusal it answered, as the Python path raises it."""
+        if rows and rows[0].outcome_code != "ok":
+            code = rows[0].outcome_code
+            if code == "unknown_reviewer":
+                raise UnknownReviewer(f"reviewer {reviewer_id!r} is not registered")
+            if code == "not_entitled":
+                assert queue is not None
+                rules = self.config.queues.get(queue)
+                need = f" (needs role {rules.role!r})" if rules and rules.role else ""
+                raise NotEntitled(
+                    f"reviewer {reviewer_id!r} is not entitled to queue {queue!r}{need}")
+            if code == "no_queues":
+                raise NotEntitled(f"reviewer {reviewer_id!r} has no queues")
+            if code == "exposure_cap":
+                raise self._exposure_cap_reached(reviewer_id, rows[0].queue)
+            raise ReviewError(f"claim refused: {code}")  # pragma: no cover - no other codes
+        items, decisions = [], {}
+        verdicts: dict[int, list[Any]] = {}
+        proposed: dict[str, set[str]] = {}
+        appeals: dict[int, str] = {}
+        for r in rows:
+            items.append(SimpleNamespace(
+                id=r.id, decision_id=r.decision_id, kind=r.kind, queue=r.queue,
+                severity=r.severity, priority=r.priority, status=r.status,
+                reviewers_required=r.reviewers_required, account_id=r.account_id,
+                content_sha256=r.content_sha256, parent_item_id=r.parent_item_id,
+                claimed_by=r.claimed_by, lease_expires_at=_aware(r.lease_expires_at),
+                due_at=_aware(r.due_at), created_at=_aware(r.created_at)))
+            decisions[r.decision_id] = SimpleNamespace(
+                outcome=r.d_outcome, scores=r.d_scores, reasons=r.d_reasons,
+                context=r.u_context)
+            for v in r.verdicts or ():
+                verdicts.setdefault(v["item_id"], []).append(SimpleNamespace(
+                    reviewer_id=v["reviewer_id"], verdict=v["verdict"],
+                    categories=v["categories"], note=v["note"],
+                    created_at=dt.datetime.fromisoformat(v["created_at"]).replace(
+                        tzinfo=dt.UTC)))
+            proposed[r.decision_id] = set(r.proposed or ())
+            if r.appeal_statement is not None:
+                appeals[r.id] = r.appeal_statement
+        return _assemble_views(items, decisions, verdicts, proposed, appeals, reviewer_id)
+
     def _pick(self, s: Session, reviewer_id: str, queues: Sequence[str], item_id: int | None,
               limit: int, room: dict[str, int]) -> list[int]:
         """Lock up to `limit` items this reviewer may claim, most urgent queue first; in capped
         queues no more than the exposure left (`room` is spent as items are taken)."""
-        picked: list[Any] = []
-        for q in self._by_urgency(s, queues) if item_id is None else queues:
-            params = {"queue": q, "reviewer": reviewer_id, "lim": limit - len(picked)}
-            if item_id is None:
-                picked.extend(s.execute(_PICK, params))
-            else:
-                picked.extend(s.execute(_PICK_ONE, {**params, "item_id": item_id}))
-            if len(picked) >= limit:
-                break
         ids: list[int] = []
-        for row in picked:
-            if row.queue in room:
-                if room[row.queue] <= 0:
+        for q in self._by_urgency(s, queues) if item_id is None else queues:
+            want = limit - len(ids)
+            if want <= 0:
+                break
+            if q in room:
+                want = min(want, room[q])
+                if want <= 0:
                     continue
-                room[row.queue] -= 1
-            ids.append(row.id)
+            params = {"queue": q, "reviewer": reviewer_id, "lim": want}
+            if item_id is None:
+                got = [r.id for r in s.execute(_PICK, params)]
+            else:
+                got = [r.id for r in s.execute(_PICK_ONE, {**params, "item_id": item_id})]
+            if q in room:
+                room[q] -= len(got)
+            ids.extend(got)
         return ids
 
     @staticmethod
@@ -1643,8 +1716,101 @@ class ReviewService:
 REVERSAL_TARGETS = frozenset(REVERSAL.values())
 
 
+def check_claim_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_CLAIM_BATCH:
+        raise ReviewError(f"a claim takes 1 to {MAX_CLAIM_BATCH} items, not {limit}")
+
+
+def nothing_claimed(reviewer_id: str, item_id: int | None) -> ReviewError:
+    """The refusal for a claim that found nothing: a named item, or the whole queue."""
+    if item_id is not None:
+        return InvalidTransition(f"review item {item_id} cannot be claimed by {reviewer_id!r}")
+    return NothingToClaim()
+
+
 def _agree(a: VerdictRow, b: VerdictRow) -> bool:
     """Two verdicts agree when they reach the same conclusion and approve the same actions."""
     return a.verdict == b.verdict and set(a.proposed_actions) == set(b.proposed_actions)
 
 
+
+
+def _assemble_views(
+    items: Sequence[Any],
+    decisions: Mapping[str, Any],
+    verdicts: Mapping[int, Sequence[Any]],
+    proposed: Mapping[str, set[str]],
+    appeals: Mapping[int, str],
+    viewer: str | None,
+) -> list[ItemView]:
+    """The views themselves, from what was read (by `_views`, or by the claim function):
+    the one place the no-anchoring rule lives."""
+    out = []
+    for it in items:
+        d = decisions[it.decision_id]
+        own = verdicts.get(it.id, [])
+        shown: list[dict[str, Any]] = []
+        open_ = it.status in OPEN_ITEM_STATUSES
+        for v in own:
+            # no anchoring: while the item is open, a reviewer sees only their own verdict
+            if open_ and viewer is not None and v.reviewer_id != viewer:
+                continue
+            shown.append({"reviewer": v.reviewer_id, "verdict": v.verdict,
+                          "categories": v.categories, "note": v.note,
+                          "at": v.created_at.isoformat()})
+        if it.kind == ItemKind.ESCALATION and it.parent_item_id is not None:
+            for v in verdicts.get(it.parent_item_id, []):
+                shown.append({"reviewer": v.reviewer_id, "verdict": v.verdict,
+                              "categories": v.categories, "note": v.note,
+                              "at": v.created_at.isoformat(),
+                              "from_item": it.parent_item_id})
+        out.append(ItemView(
+            id=it.id,
+            kind=it.kind,
+            queue=it.queue,
+            status=it.status,
+            severity=it.severity,
+            priority=it.priority,
+            reviewers_required=it.reviewers_required,
+            verdicts_in=len(own),
+            account_id=it.account_id,
+            content_sha256=it.content_sha256,
+            decision_id=it.decision_id,
+            outcome=d.outcome,
+            scores=d.scores,
+            reasons=d.reasons,
+            context=d.context,
+            due_at=it.due_at,
+            created_at=it.created_at,
+            claimed_by=it.claimed_by,
+            lease_expires_at=it.lease_expires_at,
+            proposed_actions=sorted(proposed.get(it.decision_id, ())),
+            verdicts=shown,
+            appeal_statement=appeals.get(it.id),
+        ))
+    return out
+
+
+# ---- claims inside PostgreSQL (migration 0008's lookfirst_claim) ------------------------------
+#: one claim in one statement: `lookfirst_claim(...)`; in autocommit it is its own transaction
+CLAIM_IN_SERVER = text(
+    "SELECT * FROM lookfirst_claim(CAST(:reviewer AS text), CAST(:queue AS text), "
+    "CAST(:item_id AS integer), CAST(:lim AS integer), CAST(:now AS timestamp), "
+    "CAST(:until AS timestamp), CAST(:chain AS integer), CAST(:cfg_queues AS text[]), "
+    "CAST(:cfg_roles AS text[]), CAST(:cfg_caps AS integer[]), CAST(:cfg_since AS timestamp[]))"
+)
+
+
+def _naive_utc(t: dt.datetime) -> dt.datetime:
+    return t.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def _aware(t: dt.datetime | None) -> dt.datetime | None:
+    return None if t is None else t.replace(tzinfo=dt.UTC)
+
+
+def _audit_safe(actor: str) -> bool:
+    """The claim function writes the audit body's JSON itself; PostgreSQL's to_json escapes
+    printable ASCII exactly as Python's json.dumps(ensure_ascii=True) does, and nothing else
+    is guaranteed to match, so any other reviewer id takes the Python path."""
+    return all(" " <= c <= "~" for c in actor)

@@ -64,6 +64,11 @@ def fresh_pg_database(base_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+def pg_base_url() -> str:
+    """The PostgreSQL server's URL (fails in CI without one, skips on a laptop)."""
+    return _require_pg()
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'lookfirst.db'}"
