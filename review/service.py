@@ -950,7 +950,7 @@ class ReviewService:
         views = self.server_claim_views(rows, reviewer_id=reviewer_id, queue=queue)
         if views:
             # the function appended to this chain's head, which the transaction now holds
-            audit.hold_chain(s, rows[0].chain)
+            audit.hold_chain(s, rows[0][2])
             self._forget(s, ReviewItem, [v.id for v in views])
         return views
 
@@ -969,8 +969,9 @@ class ReviewService:
                            queue: str | None) -> list[ItemView]:
         """What the reviewer sees of the items `lookfirst_claim` leased (empty: nothing to
         claim), or the refusal it answered, as the Python path raises it."""
-        if rows and rows[0].outcome_code != "ok":
-            code = rows[0].outcome_code
+        # (ord, outcome_code, chain, queue, item): SQLAlchemy rows or the driver's tuples
+        if rows and rows[0][1] != "ok":
+            code = rows[0][1]
             if code == "unknown_reviewer":
                 raise UnknownReviewer(f"reviewer {reviewer_id!r} is not registered")
             if code == "not_entitled":
@@ -982,32 +983,32 @@ class ReviewService:
             if code == "no_queues":
                 raise NotEntitled(f"reviewer {reviewer_id!r} has no queues")
             if code == "exposure_cap":
-                raise self._exposure_cap_reached(reviewer_id, rows[0].queue)
+                raise self._exposure_cap_reached(reviewer_id, rows[0][3])
             raise ReviewError(f"claim refused: {code}")  # pragma: no cover - no other codes
         items, decisions = [], {}
         verdicts: dict[int, list[Any]] = {}
         proposed: dict[str, set[str]] = {}
         appeals: dict[int, str] = {}
         for r in rows:
+            i = r[4]
             items.append(SimpleNamespace(
-                id=r.id, decision_id=r.decision_id, kind=r.kind, queue=r.queue,
-                severity=r.severity, priority=r.priority, status=r.status,
-                reviewers_required=r.reviewers_required, account_id=r.account_id,
-                content_sha256=r.content_sha256, parent_item_id=r.parent_item_id,
-                claimed_by=r.claimed_by, lease_expires_at=_aware(r.lease_expires_at),
-                due_at=_aware(r.due_at), created_at=_aware(r.created_at)))
-            decisions[r.decision_id] = SimpleNamespace(
-                outcome=r.d_outcome, scores=r.d_scores, reasons=r.d_reasons,
-                context=r.u_context)
-            for v in r.verdicts or ():
+                id=i["id"], decision_id=i["decision_id"], kind=i["kind"], queue=i["queue"],
+                severity=i["severity"], priority=i["priority"], status=i["status"],
+                reviewers_required=i["reviewers_required"], account_id=i["account_id"],
+                content_sha256=i["content_sha256"], parent_item_id=i["parent_item_id"],
+                claimed_by=i["claimed_by"], lease_expires_at=_from_json(i["lease_expires_at"]),
+                due_at=_from_json(i["due_at"]), created_at=_from_json(i["created_at"])))
+            decisions[i["decision_id"]] = SimpleNamespace(
+                outcome=i["outcome"], scores=i["scores"], reasons=i["reasons"],
+                context=i["context"])
+            for v in i["verdicts"] or ():
                 verdicts.setdefault(v["item_id"], []).append(SimpleNamespace(
                     reviewer_id=v["reviewer_id"], verdict=v["verdict"],
                     categories=v["categories"], note=v["note"],
-                    created_at=dt.datetime.fromisoformat(v["created_at"]).replace(
-                        tzinfo=dt.UTC)))
-            proposed[r.decision_id] = set(r.proposed or ())
-            if r.appeal_statement is not None:
-                appeals[r.id] = r.appeal_statement
+                    created_at=_from_json(v["created_at"])))
+            proposed[i["decision_id"]] = set(i["proposed"] or ())
+            if i["appeal_statement"] is not None:
+                appeals[i["id"]] = i["appeal_statement"]
         return _assemble_views(items, decisions, verdicts, proposed, appeals, reviewer_id)
 
     def _pick(self, s: Session, reviewer_id: str, queues: Sequence[str], item_id: int | None,
@@ -1805,8 +1806,9 @@ def _naive_utc(t: dt.datetime) -> dt.datetime:
     return t.astimezone(dt.UTC).replace(tzinfo=None)
 
 
-def _aware(t: dt.datetime | None) -> dt.datetime | None:
-    return None if t is None else t.replace(tzinfo=dt.UTC)
+def _from_json(t: str | None) -> dt.datetime | None:
+    """A timestamp as PostgreSQL's JSON writes it (ISO 8601, UTC, no offset)."""
+    return None if t is None else dt.datetime.fromisoformat(t).replace(tzinfo=dt.UTC)
 
 
 def _audit_safe(actor: str) -> bool:

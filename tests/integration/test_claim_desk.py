@@ -9,10 +9,14 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import event, func, select, text
+from psycopg import pq
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from review import audit
 from review.db import Database
@@ -145,26 +149,33 @@ def pg_desk(pg_url: str) -> Iterator[tuple[Database, ReviewService, ClaimDesk]]:
 
 
 @pytest.mark.postgres
-def test_a_desk_claim_is_one_statement_on_postgresql(
-    pg_desk: tuple[Database, ReviewService, ClaimDesk],
+def test_a_desk_claim_is_one_round_trip_on_postgresql(
+    pg_desk: tuple[Database, ReviewService, ClaimDesk], tmp_path: Path,
 ) -> None:
+    """libpq's own trace of the wire: the claim is one exchange (one Sync from the client),
+    no BEGIN or COMMIT, and the server is idle, not in a transaction, when it answers."""
     db, svc, desk = pg_desk
     record_many(svc, db, ["a", "b", "c"])
     desk.claim(reviewer_id="r00")  # the first claim sweeps (in its own transaction)
-    seen: list[str] = []
-    with db.autocommit() as conn:
-        engine = conn.engine
-
-    def count(_c: Any, _cur: Any, statement: str, *_a: Any) -> None:
-        seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        views = desk.claim_many(reviewer_id="r01", limit=2)
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
+    with db.autocommit() as conn:  # the pool's one connection: the next claim gets it
+        raw = conn.connection.driver_connection
+        assert isinstance(raw, psycopg.Connection)
+    trace = tmp_path / "wire.trace"
+    with trace.open("w") as f:
+        raw.pgconn.trace(f.fileno())
+        raw.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            views = desk.claim_many(reviewer_id="r01", limit=2)
+        finally:
+            raw.pgconn.untrace()
     assert len(views) == 2
-    assert len(seen) == 1 and "lookfirst_claim" in seen[0]
+    lines = [line.split("\t") for line in trace.read_text().splitlines()]
+    sent = [m[2] for m in lines if m[0] == "F"]
+    # the extended protocol's one exchange (Parse until psycopg prepares the statement)
+    assert sent[-4:] == ["Bind", "Describe", "Execute", "Sync"] and set(sent[:-4]) <= {"Parse"}
+    received = [m[2:] for m in lines if m[0] == "B"]
+    assert received[-1] == ["ReadyForQuery", " I"]  # idle, not inside a transaction
+    assert "BEGIN" not in trace.read_text() and "COMMIT" not in trace.read_text()
 
 
 @pytest.mark.postgres
@@ -223,3 +234,33 @@ def test_a_pooled_connection_that_died_is_replaced(
     view = desk.claim(reviewer_id="r01")
     assert view.id == second and view.claimed_by == "r01"
     assert item_rows(db)[second] == (ItemStatus.CLAIMED, "r01")
+
+
+@pytest.mark.postgres
+def test_database_errors_come_out_as_sqlalchemy_errors_and_lose_nothing(
+    pg_desk: tuple[Database, ReviewService, ClaimDesk], pg_url: str,
+) -> None:
+    """The desk talks to the driver directly; its errors must still be SQLAlchemy's (the API
+    maps OperationalError to 503 `db.unavailable`), and a failed claim leases nothing."""
+    db, svc, desk = pg_desk
+    (item,) = record_many(svc, db, ["a"])
+    signature = "lookfirst_claim(text, text, integer, integer, timestamp, timestamp, integer, " \
+                "text[], text[], integer[], timestamp[])"
+    with db.transaction() as s:
+        s.execute(text(f"ALTER FUNCTION {signature} RENAME TO lookfirst_claim_away"))
+    try:
+        with pytest.raises(ProgrammingError, match="lookfirst_claim"):
+            desk.claim(reviewer_id="r00")
+    finally:
+        with db.transaction() as s:
+            s.execute(text(f"ALTER FUNCTION lookfirst_claim_away{signature[15:]} "
+                           "RENAME TO lookfirst_claim"))
+    assert item_rows(db)[item] == ("pending", None)
+    down = Database(pg_url.rsplit("@", 1)[0] + "@127.0.0.1:1/nowhere")
+    try:
+        with pytest.raises(OperationalError):
+            ClaimDesk(down, ReviewService(make_config(), clock=FakeClock())).claim(
+                reviewer_id="r00")
+    finally:
+        down.dispose()
+    assert desk.claim(reviewer_id="r00").id == item

@@ -44,13 +44,13 @@ CREATE OR REPLACE FUNCTION lookfirst_claim(
     p_cfg_caps integer[],   --   its exposure cap per reviewer (NULL: none)
     p_cfg_since timestamp[] --   and where its exposure window starts
 ) RETURNS TABLE (
-    ord integer, outcome_code text, chain integer,
-    id integer, decision_id varchar, kind varchar, queue varchar, severity varchar,
-    priority integer, status varchar, reviewers_required integer, account_id varchar,
-    content_sha256 varchar, parent_item_id integer, claimed_by varchar,
-    lease_expires_at timestamp, due_at timestamp, rank_at timestamp, created_at timestamp,
-    d_outcome varchar, d_scores json, d_reasons json, u_context json,
-    verdicts json, proposed text[], appeal_statement text
+    ord integer,        -- 1.. in claim order; 0 on the one row of a refusal
+    outcome_code text,  -- 'ok', or the refusal: unknown_reviewer, not_entitled, no_queues,
+                        -- exposure_cap
+    chain integer,      -- the audit chain the events went to
+    queue text,         -- the item's queue (for exposure_cap: the capped queue)
+    item json           -- what the reviewer's view is built from (one document: a row of
+                        -- two dozen columns cost the client more than the claim itself)
 )
 LANGUAGE plpgsql
 -- PL/pgSQL would re-plan each statement on every call (custom plans win on estimated cost);
@@ -87,12 +87,8 @@ BEGIN
     -- who may claim: an active reviewer, in the queue, with the role it needs
     SELECT r.active, r.roles::jsonb INTO v_active, v_roles FROM reviewer r WHERE r.id = p_reviewer;
     IF NOT FOUND OR NOT v_active THEN
-        RETURN QUERY SELECT 0, 'unknown_reviewer'::text, NULL::integer, NULL::integer,
-            NULL::varchar, NULL::varchar, NULL::varchar, NULL::varchar, NULL::integer,
-            NULL::varchar, NULL::integer, NULL::varchar, NULL::varchar, NULL::integer,
-            NULL::varchar, NULL::timestamp, NULL::timestamp, NULL::timestamp, NULL::timestamp,
-            NULL::varchar, NULL::json, NULL::json, NULL::json, NULL::json, NULL::text[],
-            NULL::text;
+        RETURN QUERY
+            SELECT 0, 'unknown_reviewer'::text, NULL::integer, NULL::text, NULL::json;
         RETURN;
     END IF;
     SELECT coalesce(array_agg(m.queue::text ORDER BY m.queue COLLATE "C"), '{}') INTO v_entitled
@@ -101,12 +97,8 @@ BEGIN
      WHERE m.reviewer_id = p_reviewer AND (c.role IS NULL OR v_roles ? c.role);
     IF p_queue IS NOT NULL THEN
         IF NOT (p_queue = ANY (v_entitled)) THEN
-            RETURN QUERY SELECT 0, 'not_entitled'::text, NULL::integer, NULL::integer,
-                NULL::varchar, NULL::varchar, NULL::varchar, NULL::varchar, NULL::integer,
-                NULL::varchar, NULL::integer, NULL::varchar, NULL::varchar, NULL::integer,
-                NULL::varchar, NULL::timestamp, NULL::timestamp, NULL::timestamp,
-                NULL::timestamp, NULL::varchar, NULL::json, NULL::json, NULL::json, NULL::json,
-                NULL::text[], NULL::text;
+            RETURN QUERY
+            SELECT 0, 'not_entitled'::text, NULL::integer, NULL::text, NULL::json;
             RETURN;
         END IF;
         v_queues := ARRAY[p_queue];
@@ -114,12 +106,8 @@ BEGIN
         v_queues := v_entitled;
     END IF;
     IF cardinality(v_queues) = 0 THEN
-        RETURN QUERY SELECT 0, 'no_queues'::text, NULL::integer, NULL::integer,
-            NULL::varchar, NULL::varchar, NULL::varchar, NULL::varchar, NULL::integer,
-            NULL::varchar, NULL::integer, NULL::varchar, NULL::varchar, NULL::integer,
-            NULL::varchar, NULL::timestamp, NULL::timestamp, NULL::timestamp, NULL::timestamp,
-            NULL::varchar, NULL::json, NULL::json, NULL::json, NULL::json, NULL::text[],
-            NULL::text;
+        RETURN QUERY
+            SELECT 0, 'no_queues'::text, NULL::integer, NULL::text, NULL::json;
         RETURN;
     END IF;
 
@@ -140,12 +128,8 @@ BEGIN
         END IF;
     END LOOP;
     IF cardinality(v_open) = 0 THEN
-        RETURN QUERY SELECT 0, 'exposure_cap'::text, NULL::integer, NULL::integer,
-            NULL::varchar, NULL::varchar, v_queues[1]::varchar, NULL::varchar, NULL::integer,
-            NULL::varchar, NULL::integer, NULL::varchar, NULL::varchar, NULL::integer,
-            NULL::varchar, NULL::timestamp, NULL::timestamp, NULL::timestamp, NULL::timestamp,
-            NULL::varchar, NULL::json, NULL::json, NULL::json, NULL::json, NULL::text[],
-            NULL::text;
+        RETURN QUERY
+            SELECT 0, 'exposure_cap'::text, NULL::integer, v_queues[1]::text, NULL::json;
         RETURN;
     END IF;
 
@@ -257,20 +241,25 @@ BEGIN
 
     -- what the reviewer's view is built from (the view and its no-anchoring rule: Python)
     RETURN QUERY
-    SELECT t.n::integer, 'ok'::text, v_chain, i.id, i.decision_id, i.kind, i.queue, i.severity,
-           i.priority, i.status, i.reviewers_required, i.account_id, i.content_sha256,
-           i.parent_item_id, i.claimed_by, i.lease_expires_at, i.due_at, i.rank_at,
-           i.created_at, d.outcome, d.scores, d.reasons, u.context,
-           (SELECT json_agg(json_build_object(
+    SELECT t.n::integer, 'ok'::text, v_chain, i.queue::text, json_build_object(
+           'id', i.id, 'decision_id', i.decision_id, 'kind', i.kind, 'queue', i.queue,
+           'severity', i.severity, 'priority', i.priority, 'status', i.status,
+           'reviewers_required', i.reviewers_required, 'account_id', i.account_id,
+           'content_sha256', i.content_sha256, 'parent_item_id', i.parent_item_id,
+           'claimed_by', i.claimed_by, 'lease_expires_at', i.lease_expires_at,
+           'due_at', i.due_at, 'created_at', i.created_at,
+           'outcome', d.outcome, 'scores', d.scores, 'reasons', d.reasons,
+           'context', u.context,
+           'verdicts', (SELECT json_agg(json_build_object(
                        'item_id', v.item_id, 'reviewer_id', v.reviewer_id,
                        'verdict', v.verdict, 'categories', v.categories, 'note', v.note,
                        'created_at', v.created_at) ORDER BY v.id)
               FROM verdict v
              WHERE v.item_id = i.id
                 OR (i.kind = 'escalation' AND v.item_id = i.parent_item_id)),
-           (SELECT array_agg(a.kind::text ORDER BY a.id) FROM action a
+           'proposed', (SELECT json_agg(a.kind ORDER BY a.id) FROM action a
              WHERE a.decision_id = i.decision_id AND a.status = 'proposed'),
-           (SELECT ap.statement FROM appeal ap WHERE ap.item_id = i.id)
+           'appeal_statement', (SELECT ap.statement FROM appeal ap WHERE ap.item_id = i.id))
       FROM unnest(v_all) WITH ORDINALITY AS t(item, n)
       JOIN review_item i ON i.id = t.item
       JOIN decision d ON d.id = i.decision_id
