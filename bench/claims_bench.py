@@ -9,7 +9,7 @@ autocommit), and `session`, ReviewService.claim_many() inside an ORM transaction
 reviewer's tool prefetching its next items.  Reports claims/s, double claims (must be 0) and
 lost items (must be 0); no assertions.
 
-    python -m bench.claims_bench [--items 2000] [--claimers 16] [--batch 1 10]
+    python -m bench.claims_bench [--items 6000] [--claimers 16] [--batch 1 10]
                                  [--backend pg sqlite] [--path desk session]
                                  [--processes 16 2]
 
@@ -263,7 +263,8 @@ def table(results: list[Result]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.claims_bench", description=__doc__)
-    p.add_argument("--items", type=int, default=2000)
+    p.add_argument("--items", type=int, default=6000,
+                   help="items seeded per run (a few seconds of claims: fewer measure start-up)")
     p.add_argument("--claimers", type=int, default=16)
     p.add_argument("--deadline", type=float, default=120.0, help="seconds per backend, at most")
     p.add_argument("--backend", nargs="+", choices=["pg", "sqlite"], default=["pg", "sqlite"])
