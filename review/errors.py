@@ -36,7 +36,7 @@ class NotEntitled(ReviewError):
 
 
 class UnknownReviewer(ReviewError):
-    """The reviewer is not registered."""
+    """The reviewer is not registered, or no longer active."""
 
     code = "review.unknown_reviewer"
     http_status = 403

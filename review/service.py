@@ -512,7 +512,8 @@ class ReviewService:
         """The queues a reviewer may claim, see and decide in: membership and the queue's role."""
         rows = s.execute(_ENTITLED, {"r": reviewer_id}).all()
         if not rows or not rows[0].active:
-            raise UnknownReviewer(f"reviewer {reviewer_id!r} is not registered")
+            raise UnknownReviewer(
+                f"reviewer {reviewer_id!r} is not registered or not active")
         roles = rows[0].roles
         out = []
         for r in rows:
@@ -973,7 +974,8 @@ class ReviewService:
         if rows and rows[0][1] != "ok":
             code = rows[0][1]
             if code == "unknown_reviewer":
-                raise UnknownReviewer(f"reviewer {reviewer_id!r} is not registered")
+                raise UnknownReviewer(
+                f"reviewer {reviewer_id!r} is not registered or not active")
             if code == "not_entitled":
                 assert queue is not None
                 rules = self.config.queues.get(queue)
