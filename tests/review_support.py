@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
+from review.db import Database
 from review.service import NewUpload, QueueRules, Recorded, ReviewConfig, ReviewService, Routing
 
 SEVERITY = {"cat.low": "low", "cat.high": "high", "cat.critical": "critical"}
@@ -83,3 +85,14 @@ def record(svc: ReviewService, s: object, n: int | str, **kw: object) -> Recorde
     assert isinstance(s, Session)
     account = str(kw.pop("account", "acct-1"))
     return svc.record(s, upload(n, account), routing(**kw))  # type: ignore[arg-type]
+
+
+def record_many(svc: ReviewService, db: Database, names: list[str], **kw: Any) -> list[int]:
+    """Record uploads `names` in one transaction; their review item ids, in order."""
+    out = []
+    with db.transaction() as s:
+        for n in names:
+            item = record(svc, s, n, **kw).item_id
+            assert item is not None
+            out.append(item)
+    return out

@@ -16,20 +16,10 @@ from review.errors import ExposureCapReached, NothingToClaim, ReviewError
 from review.schema import AuditEvent
 from review.service import MAX_CLAIM_BATCH, ReviewService
 from tests.conftest import FakeClock
-from tests.review_support import ACTIONS, make_config, record
+from tests.review_support import ACTIONS, make_config, record_many
 
 SEVERE: dict[str, Any] = dict(queue="severe", severity="critical", reviewers_required=2,
                               proposed=ACTIONS["critical"])
-
-
-def record_many(svc: ReviewService, db: Database, names: list[str], **kw: Any) -> list[int]:
-    out = []
-    with db.transaction() as s:
-        for n in names:
-            item = record(svc, s, n, **kw).item_id
-            assert item is not None
-            out.append(item)
-    return out
 
 
 def claim_events(db: Database) -> list[tuple[str, int]]:

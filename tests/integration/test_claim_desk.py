@@ -10,7 +10,6 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -32,17 +31,7 @@ from review.schema import AuditEvent, ReviewItem
 from review.service import MAX_CLAIM_BATCH, ReviewService
 from review.states import ItemStatus
 from tests.conftest import FakeClock
-from tests.review_support import make_config, record
-
-
-def record_many(svc: ReviewService, db: Database, names: list[str], **kw: Any) -> list[int]:
-    out = []
-    with db.transaction() as s:
-        for n in names:
-            item = record(svc, s, n, **kw).item_id
-            assert item is not None
-            out.append(item)
-    return out
+from tests.review_support import make_config, record_many
 
 
 def item_rows(db: Database) -> dict[int, tuple[str, str | None]]:
