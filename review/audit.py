@@ -96,15 +96,14 @@ def append(
 def _lock_head(session: Session) -> Any:
     """The head this transaction appends to, locked until it commits.  A transaction keeps
     the head it took first, so its events stay together in one chain."""
-    txn = session.get_transaction()
-    held = session.info.get(_SESSION_KEY)
-    if held is not None and held[0] is txn:
-        return session.execute(_WAIT_HEAD, {"chain": held[1]}).one()  # ours already
+    held = held_chain(session)
+    if held is not None:
+        return session.execute(_WAIT_HEAD, {"chain": held}).one()  # ours already
     head = session.execute(_FREE_HEAD).first()
     if head is None:  # more audited transactions in flight than chains: queue on one
         chains = session.execute(select(func.count()).select_from(_HEAD)).scalar_one()
         head = session.execute(_WAIT_HEAD, {"chain": 1 + os.getpid() % chains}).one()
-    session.info[_SESSION_KEY] = (txn, head.id)
+    hold_chain(session, head.id)
     return head
 
 
@@ -117,8 +116,8 @@ def held_chain(session: Session) -> int | None:
 
 
 def hold_chain(session: Session, chain: int) -> None:
-    """Record that this transaction locked `chain`'s head (the claim function does it inside
-    PostgreSQL), so its later events go to the same chain."""
+    """Record that this transaction locked `chain`'s head (here, or inside PostgreSQL by the
+    claim function), so its later events go to the same chain."""
     session.info[_SESSION_KEY] = (session.get_transaction(), chain)
 
 

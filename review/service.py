@@ -512,8 +512,7 @@ class ReviewService:
         """The queues a reviewer may claim, see and decide in: membership and the queue's role."""
         rows = s.execute(_ENTITLED, {"r": reviewer_id}).all()
         if not rows or not rows[0].active:
-            raise UnknownReviewer(
-                f"reviewer {reviewer_id!r} is not registered or not active")
+            raise _unknown_reviewer(reviewer_id)
         roles = rows[0].roles
         out = []
         for r in rows:
@@ -524,9 +523,12 @@ class ReviewService:
 
     def _require_entitled(self, s: Session, reviewer_id: str, queue: str) -> None:
         if queue not in self.entitled_queues(s, reviewer_id):
-            rules = self.config.queues.get(queue)
-            need = f" (needs role {rules.role!r})" if rules and rules.role else ""
-            raise NotEntitled(f"reviewer {reviewer_id!r} is not entitled to queue {queue!r}{need}")
+            raise self._not_entitled(reviewer_id, queue)
+
+    def _not_entitled(self, reviewer_id: str, queue: str) -> NotEntitled:
+        rules = self.config.queues.get(queue)
+        need = f" (needs role {rules.role!r})" if rules and rules.role else ""
+        return NotEntitled(f"reviewer {reviewer_id!r} is not entitled to queue {queue!r}{need}")
 
     # ---- recording a decision ------------------------------------------------------------
     def find_upload(self, s: Session, *, account_id: str, external_id: str) -> Recorded | None:
@@ -811,10 +813,9 @@ class ReviewService:
         last = self._last_sweep
         return last is None or now >= last + self.config.lease_sweep_every or now < last
 
-    def sweep_leases(self, s: Session, *, now: dt.datetime | None = None,
-                     force: bool = False) -> int:
+    def sweep_leases(self, s: Session, *, now: dt.datetime, force: bool = False) -> int:
         """`_sweep_leases` for a caller that runs the sweep in its own transaction."""
-        return self._sweep_leases(s, self.clock() if now is None else now, force=force)
+        return self._sweep_leases(s, now, force=force)
 
     def _sweep_leases(self, s: Session, now: dt.datetime, *, force: bool = False) -> int:
         """`expire_leases` from the claim path: at most once per `lease_sweep_every` per
@@ -902,7 +903,7 @@ class ReviewService:
                 self._require_entitled(s, reviewer_id, queue)  # raises, with the reason
             queues = [queue]
         if not queues:
-            raise NotEntitled(f"reviewer {reviewer_id!r} has no queues")
+            raise _no_queues(reviewer_id)
         room: dict[str, int] = {}  # exposure left in each capped queue
         for q in queues:
             rules = self.config.rules(q)
@@ -974,16 +975,12 @@ class ReviewService:
         if rows and rows[0][1] != "ok":
             code = rows[0][1]
             if code == "unknown_reviewer":
-                raise UnknownReviewer(
-                f"reviewer {reviewer_id!r} is not registered or not active")
+                raise _unknown_reviewer(reviewer_id)
             if code == "not_entitled":
                 assert queue is not None
-                rules = self.config.queues.get(queue)
-                need = f" (needs role {rules.role!r})" if rules and rules.role else ""
-                raise NotEntitled(
-                    f"reviewer {reviewer_id!r} is not entitled to queue {queue!r}{need}")
+                raise self._not_entitled(reviewer_id, queue)
             if code == "no_queues":
-                raise NotEntitled(f"reviewer {reviewer_id!r} has no queues")
+                raise _no_queues(reviewer_id)
             if code == "exposure_cap":
                 raise self._exposure_cap_reached(reviewer_id, rows[0][3])
             raise ReviewError(f"claim refused: {code}")  # pragma: no cover - no other codes
@@ -1724,6 +1721,14 @@ def check_claim_limit(limit: int) -> None:
         raise ReviewError(f"a claim takes 1 to {MAX_CLAIM_BATCH} items, not {limit}")
 
 
+def _unknown_reviewer(reviewer_id: str) -> UnknownReviewer:
+    return UnknownReviewer(f"reviewer {reviewer_id!r} is not registered or not active")
+
+
+def _no_queues(reviewer_id: str) -> NotEntitled:
+    return NotEntitled(f"reviewer {reviewer_id!r} has no queues")
+
+
 def nothing_claimed(reviewer_id: str, item_id: int | None) -> ReviewError:
     """The refusal for a claim that found nothing: a named item, or the whole queue."""
     if item_id is not None:
@@ -1734,8 +1739,6 @@ def nothing_claimed(reviewer_id: str, item_id: int | None) -> ReviewError:
 def _agree(a: VerdictRow, b: VerdictRow) -> bool:
     """Two verdicts agree when they reach the same conclusion and approve the same actions."""
     return a.verdict == b.verdict and set(a.proposed_actions) == set(b.proposed_actions)
-
-
 
 
 def _assemble_views(
