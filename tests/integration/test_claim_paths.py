@@ -74,7 +74,7 @@ ops = st.lists(
 
 
 @pytest.fixture(scope="module")
-def bench() -> Iterator[Database]:
+def pg_db() -> Iterator[Database]:
     gen = fresh_pg_database(pg_base_url())
     url = next(gen)
     db = Database(url, pool_size=2)
@@ -196,17 +196,17 @@ def _step(svc: ReviewService, s: Any, clock: FakeClock, decisions: list[str],
 
 @settings(max_examples=40, deadline=None)
 @given(seed=seeds, steps=ops)
-def test_claim_in_server_matches_claim_in_python(bench: Database, seed: list[tuple[str, int]],
+def test_claim_in_server_matches_claim_in_python(pg_db: Database, seed: list[tuple[str, int]],
                                                  steps: list[tuple[Any, ...]]) -> None:
     for reference, path in (("python", "server"), ("python-desk", "desk")):
-        python = run(bench, reference, seed, steps)
-        other = run(bench, path, seed, steps)
+        python = run(pg_db, reference, seed, steps)
+        other = run(pg_db, path, seed, steps)
         assert other[0] == python[0], path
         for table in python[1]:
             assert other[1][table] == python[1][table], (path, table)
 
 
-def test_scenario_reaches_what_the_paths_must_agree_on(bench: Database) -> None:
+def test_scenario_reaches_what_the_paths_must_agree_on(pg_db: Database) -> None:
     """A scripted run that reaches each case the random ones are meant to cover, so the
     comparison above is not vacuous: batches across queues, a cap stopping a batch, a refusal
     of each kind, an expired lease returned, a second reviewer, fresh eyes on an appeal."""
@@ -234,8 +234,8 @@ def test_scenario_reaches_what_the_paths_must_agree_on(bench: Database) -> None:
         ("claim", "sue", "severe", None, 5),     # a new shift
     ]
     for reference, path in (("python-desk", "desk"), ("python", "server")):
-        python = run(bench, reference, seed, steps)
-        other = run(bench, path, seed, steps)
+        python = run(pg_db, reference, seed, steps)
+        other = run(pg_db, path, seed, steps)
         assert other[0] == python[0], path
         assert other[1] == python[1], path
     answers = python[0]
