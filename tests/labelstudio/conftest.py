@@ -198,13 +198,30 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[_FAILED] = report.failed
+    return report
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
 @pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
+def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     pg = ctx.new_page()
+    # Label Studio's pages load a large bundle; on two cores shared with a busy test run one
+    # took over 30 s (Playwright's default) to show its login form
+    pg.set_default_timeout(90_000)
     try:
         yield pg
     finally:
+        if request.node.stash.get(_FAILED, False):  # what the browser showed, for the log
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}-failed.png"))
         ctx.close()
 
 
