@@ -687,16 +687,11 @@ def worker(
     """Deliver the outbox to the platform's webhook (signed, idempotent, retried)."""
     import time
 
-    from review.outbox import DeliveryPolicy, OutboxWorker
+    from pipeline.delivery import platform_worker
 
     def body() -> int:
         rt = runtime()
-        cfg = rt.settings
-        if not cfg.webhook_url:
-            raise ConfigurationError("set LOOKFIRST_WEBHOOK_URL to the platform's webhook")
-        w = OutboxWorker(rt.db, url=cfg.webhook_url, secret=cfg.webhook_secret,
-                         policy=DeliveryPolicy(max_attempts=cfg.webhook_max_attempts),
-                         timeout_s=cfg.webhook_timeout_s)
+        w = platform_worker(rt)
         try:
             while True:
                 executed = 0

@@ -59,13 +59,13 @@ def register(app: typer.Typer) -> None:
         """Push new review items as tasks (outbox) and reconcile annotations (poller)."""
 
         def body() -> int:
-            from pipeline.labelstudio import TaskSink
+            from pipeline.labelstudio import task_worker
 
             sync = _sync()
-            sink = TaskSink(sync)
+            worker = task_worker(sync)
             try:
                 while True:
-                    d = sync.sync_once(sink)
+                    d = sync.sync_once(worker)
                     if once or any(d[k] for k in ("enqueued", "delivered", "recorded",
                                                   "refused")):
                         emit(d, as_json)
@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
                         return Exit.OK
                     time.sleep(interval)
             finally:
-                sink.close()
+                worker.close()
 
         raise typer.Exit(guarded(body, as_json=as_json))
 
@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
         venv: Annotated[Path, typer.Option()] = Path(".venv-labelstudio"),
     ) -> None:
         """Start a local Label Studio (its own venv, 127.0.0.1) and keep it running."""
-        from pipeline.labelstudio_server import LabelStudioServer, token_for
+        from pipeline.labelstudio.server import LabelStudioServer, token_for
 
         cfg = settings()
         srv = LabelStudioServer(

@@ -20,7 +20,7 @@ API_PORT=${LOOKFIRST_PORT:-8000}
 export LOOKFIRST_LABELSTUDIO_URL="http://127.0.0.1:$LS_PORT"
 export LOOKFIRST_LABELSTUDIO_PUBLIC_API_URL="http://127.0.0.1:$API_PORT"
 export LOOKFIRST_LABELSTUDIO_TOKEN=${LOOKFIRST_LABELSTUDIO_TOKEN:-$("$PY" -c '
-from pipeline.labelstudio_server import token_for
+from pipeline.labelstudio.server import token_for
 from pipeline.settings import Settings
 print(token_for(Settings().signing_key))')}
 

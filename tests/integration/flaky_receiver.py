@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from review.outbox import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
+from pipeline.delivery import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 
 
 @dataclass(frozen=True)

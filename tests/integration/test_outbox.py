@@ -10,23 +10,26 @@ import datetime as dt
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import httpx
 import pytest
 from sqlalchemy import func, select
 
+from pipeline.delivery import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSink, sign
 from review.db import Database
 from review.outbox import (
+    DELIVERED,
     INTERNAL_TOPIC_PREFIX,
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
     DeliveryPolicy,
     DeliveryReport,
+    Failed,
+    Message,
     OutboxWorker,
+    SinkResult,
+    enqueue,
     list_rows,
     requeue_dead,
-    sign,
 )
 from review.schema import Outbox
 from review.service import ReviewService
@@ -60,15 +63,15 @@ def receiver() -> Iterator[FlakyReceiver]:
 def make_worker(db: Database, receiver: FlakyReceiver, *,
                 clock: Callable[[], dt.datetime] | None, policy: DeliveryPolicy = POLICY,
                 secret: str = SECRET, seed: int = 7) -> OutboxWorker:
-    return OutboxWorker(db, url=receiver.url, secret=secret, policy=policy,
-                        timeout_s=CLIENT_TIMEOUT_S, clock=clock, rng=random.Random(seed))
+    sink = WebhookSink(url=receiver.url, secret=secret, timeout_s=CLIENT_TIMEOUT_S, clock=clock)
+    return OutboxWorker(db, sink, policy=policy, clock=clock, rng=random.Random(seed))
 
 
 def produce_through_flows(db: Database, svc: ReviewService, *, holds: int, reviews: int,
                           decided: int, direct: int) -> int:
     """Outbox rows written by real service flows, each in its change's own transaction:
     scored decisions, executed automatic holds, reviewer verdicts (content removals executed,
-    suspensions noticed), plus some written directly through ReviewService._outbox."""
+    suspensions noticed), plus some written directly through the outbox's `enqueue`."""
     with db.transaction() as s:
         seed_reviewers(svc, s)
     with db.transaction() as s:
@@ -86,7 +89,7 @@ def produce_through_flows(db: Database, svc: ReviewService, *, holds: int, revie
         assert executed, "the verdicts approved content removals that are due now"
     with db.transaction() as s:
         for i in range(direct):
-            svc._outbox(s, topic="test.direct", key=f"direct:{i}", payload={"n": i})
+            enqueue(s, topic="test.direct", key=f"direct:{i}", payload={"n": i}, now=svc.clock())
     with db.transaction() as s:
         total = s.execute(select(func.count()).select_from(Outbox).where(PLATFORM)).scalar_one()
         topics = set(s.execute(select(Outbox.topic).distinct()).scalars())
@@ -97,7 +100,8 @@ def produce_through_flows(db: Database, svc: ReviewService, *, holds: int, revie
 def produce_direct(db: Database, svc: ReviewService, n: int, *, prefix: str = "m") -> int:
     with db.transaction() as s:
         for i in range(n):
-            svc._outbox(s, topic="test.direct", key=f"{prefix}:{i}", payload={"n": i})
+            enqueue(s, topic="test.direct", key=f"{prefix}:{i}", payload={"n": i},
+                    now=svc.clock())
     return n
 
 
@@ -259,8 +263,8 @@ def test_a_worker_that_dies_after_leasing_is_redelivered_after_the_visibility_ti
     try:
         leased = zombie.lease(limit=100)
         assert len(leased) == total
-        for row in leased[:10]:  # it delivered some, then died before recording anything
-            assert zombie.deliver(row) == (True, None)
+        # it delivered some, then died before recording anything
+        assert [r for _, r in zombie.sink.deliver(leased[:10])] == [DELIVERED] * 10
         # while the lease runs, nobody else sees the rows
         assert heir.run_once().leased == 0
         clock.advance(seconds=POLICY.visibility.total_seconds() - 1)
@@ -269,8 +273,8 @@ def test_a_worker_that_dies_after_leasing_is_redelivered_after_the_visibility_ti
         report = heir.run_once(limit=100)
         assert report.leased == total and report.delivered == total
         # the dead worker comes back and settles its stale lease: ignored (attempts moved on)
-        for row in leased[:3]:
-            zombie._settle(row, False, "late")
+        for message in leased[:3]:
+            zombie.settle(message, Failed("late"))
     finally:
         zombie.close()
         heir.close()
@@ -296,7 +300,7 @@ def test_a_message_whose_workers_keep_dying_is_dead_lettered_not_leased_forever(
             rows = w.lease(limit=1)  # takes the poison message, then dies
         finally:
             w.close()
-        assert [r.idempotency_key for r in rows] == ["poison:0"]
+        assert [r.key for r in rows] == ["poison:0"]
         assert rows[0].attempts == attempt
         clock.advance(seconds=31)
     heir = make_worker(db, receiver, clock=clock, policy=two)
@@ -358,3 +362,142 @@ def test_two_concurrent_workers_never_deliver_a_message_twice(db: Database) -> N
     assert set(strict.effects) == keys(db)
     print(f"\noutbox[{db.engine.dialect.name}] two workers: "
           f"{[r.delivered for r in reports]} delivered, 0 requested twice")
+
+
+# ---- the sink interface ---------------------------------------------------------------------
+class ScriptedSink:
+    """A sink of lookfirst's own kind (like the Label Studio one): it answers from a script,
+    failing each key a given number of times first, and records what it was handed."""
+
+    def __init__(self, topics: frozenset[str] | None, *, failures: dict[str, int],
+                 silent: frozenset[str] = frozenset(), crash_after: int | None = None) -> None:
+        self._topics = topics
+        self.failures = dict(failures)
+        self.silent = silent  # keys it never answers
+        self.crash_after = crash_after  # answers this many, then raises
+        self.handed: list[str] = []
+        self.closed = False
+
+    @property
+    def topics(self) -> frozenset[str] | None:
+        return self._topics
+
+    def deliver(self, messages: Sequence[Message]) -> Iterator[tuple[Message, SinkResult]]:
+        for n, m in enumerate(messages):
+            if self.crash_after is not None and n == self.crash_after:
+                raise RuntimeError("the sink's process died")
+            self.handed.append(m.key)
+            if m.key in self.silent:
+                continue
+            left = self.failures.get(m.key, 0)
+            if left:
+                self.failures[m.key] = left - 1
+                yield m, Failed(f"scripted failure ({left} left)")
+            else:
+                yield m, DELIVERED
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def rows_by_key(db: Database) -> dict[str, Outbox]:
+    with db.transaction() as s:
+        rows = list(s.execute(select(Outbox)).scalars())
+        for r in rows:
+            s.expunge(r)
+    return {r.idempotency_key: r for r in rows}
+
+
+def test_a_sink_that_fails_some_messages_gets_them_again_after_a_jittered_backoff_then_dead(
+    db: Database, clock: FakeClock
+) -> None:
+    topic = f"{INTERNAL_TOPIC_PREFIX}scripted"
+    with db.transaction() as s:
+        for i in range(12):
+            enqueue(s, topic=topic, key=f"ok:{i}", payload={"n": i}, now=clock())
+        for i in range(12):
+            enqueue(s, topic=topic, key=f"flaky:{i}", payload={"n": i}, now=clock())
+        enqueue(s, topic=topic, key="doomed", payload={}, now=clock())
+        enqueue(s, topic=topic, key="mute", payload={}, now=clock())
+        enqueue(s, topic="decision", key="platform:1", payload={}, now=clock())  # not its topic
+    policy = DeliveryPolicy(max_attempts=3, base_delay=dt.timedelta(seconds=10),
+                            max_delay=dt.timedelta(seconds=25))
+    sink = ScriptedSink(frozenset({topic}), silent=frozenset({"mute"}),
+                        failures={**{f"flaky:{i}": 2 for i in range(12)}, "doomed": 99})
+    worker = OutboxWorker(db, sink, policy=policy, clock=clock, rng=random.Random(3))
+
+    first = worker.run_once(limit=100)
+    assert (first.leased, first.delivered, first.retried, first.dead) == (26, 12, 14, 0)
+    assert "platform:1" not in sink.handed  # a sink leases only its own topics
+    rows, now = rows_by_key(db), clock()
+    assert rows["mute"].last_error == "no answer from the sink"
+    delays = [(rows[f"flaky:{i}"].next_attempt_at - now).total_seconds() for i in range(12)]
+    # full jitter after the first attempt: uniform in [0, min(max_delay, base * 2**1)] = [0, 20]
+    assert all(0 <= d <= 20 for d in delays) and len(set(delays)) == len(delays)
+    assert all(rows[f"flaky:{i}"].last_error == "scripted failure (2 left)" for i in range(12))
+
+    # halfway through the backoffs: exactly the messages whose backoff has passed go again
+    clock.advance(seconds=sorted(delays)[6])
+    due = {k for k, r in rows.items()
+           if r.topic == topic and r.status == "pending" and r.next_attempt_at <= clock()}
+    assert 0 < len(due) < 14
+    worker.run_once(limit=100)
+    assert set(sink.handed[26:]) == due and len(sink.handed) == 26 + len(due)
+
+    for _ in range(3):  # past every backoff (at most max_delay)
+        clock.advance(seconds=policy.max_delay.total_seconds())
+        worker.run_once(limit=100)
+    rows = rows_by_key(db)
+    assert {k for k, r in rows.items() if r.status == "delivered"} == (
+        {f"ok:{i}" for i in range(12)} | {f"flaky:{i}" for i in range(12)})
+    for key in ("doomed", "mute"):  # dead after max_attempts, and visible as such
+        assert rows[key].status == "dead" and rows[key].attempts == policy.max_attempts
+    assert rows["doomed"].last_error == "scripted failure (97 left)"
+    assert all(rows[f"flaky:{i}"].attempts == 3 for i in range(12))
+    assert rows["platform:1"].status == "pending" and rows["platform:1"].attempts == 0
+    assert sink.handed.count("doomed") == 3 and sink.handed.count("ok:0") == 1
+    worker.close()
+    assert sink.closed
+
+
+def test_the_platform_sink_never_sees_internal_topics_and_a_sink_crash_leaves_leases_to_expire(
+    db: Database, clock: FakeClock
+) -> None:
+    with db.transaction() as s:
+        for i in range(6):
+            enqueue(s, topic="decision", key=f"d:{i}", payload={"n": i}, now=clock())
+        enqueue(s, topic=f"{INTERNAL_TOPIC_PREFIX}task", key="ls:1", payload={}, now=clock())
+    crashing = ScriptedSink(None, failures={}, crash_after=2)
+    worker = OutboxWorker(db, crashing, policy=POLICY, clock=clock, rng=random.Random(1))
+    with pytest.raises(RuntimeError, match="died"):
+        worker.run_once(limit=100)
+    rows = rows_by_key(db)
+    assert "ls:1" not in crashing.handed and rows["ls:1"].attempts == 0
+    # the two answered before the crash are settled; the rest stay leased, invisible meanwhile
+    assert {k for k, r in rows.items() if r.status == "delivered"} == {"d:0", "d:1"}
+    healthy = ScriptedSink(None, failures={})
+    heir = OutboxWorker(db, healthy, policy=POLICY, clock=clock, rng=random.Random(2))
+    assert heir.run_once(limit=100).leased == 0
+    clock.advance(seconds=POLICY.visibility.total_seconds() + 1)
+    report = heir.run_once(limit=100)
+    assert report.leased == report.delivered == 4
+    assert healthy.handed == ["d:2", "d:3", "d:4", "d:5"]
+    assert rows_by_key(db)["ls:1"].status == "pending"
+
+
+def test_a_sink_that_answers_for_a_message_it_was_not_given_is_refused(
+    db: Database, clock: FakeClock
+) -> None:
+    with db.transaction() as s:
+        enqueue(s, topic="decision", key="d:1", payload={}, now=clock())
+
+    class Twice(ScriptedSink):
+        def deliver(self, messages: Sequence[Message]) -> Iterator[tuple[Message, SinkResult]]:
+            for m in messages:
+                yield m, DELIVERED
+                yield m, DELIVERED
+
+    worker = OutboxWorker(db, Twice(None, failures={}), policy=POLICY, clock=clock)
+    with pytest.raises(RuntimeError, match="answered outbox message .* twice"):
+        worker.run_once()
+    assert rows_by_key(db)["d:1"].status == "delivered"  # the first answer stands

@@ -28,7 +28,7 @@ from fastapi import FastAPI
 from pipeline.api import labelstudio as ls_api
 from pipeline.api import previews as previews_api
 from pipeline.labelstudio import LabelStudioClient, LabelStudioSync
-from pipeline.labelstudio_server import LabelStudioServer, token_for
+from pipeline.labelstudio.server import LabelStudioServer, token_for
 from pipeline.policy import Context
 from pipeline.runtime import Runtime
 from pipeline.settings import Settings

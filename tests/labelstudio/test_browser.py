@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.labelstudio import TaskSink
+from pipeline.labelstudio import task_worker
 from review.schema import LabelStudioAnnotation
 from tests.labelstudio.conftest import REVIEWER_PASSWORD, Stack
 from tests.labelstudio.test_sync import task_of
@@ -19,9 +19,9 @@ def test_reviewer_decides_in_label_studio(stack: Stack, page: Any, artifacts: Pa
     item = stack.flag(42, audience="public")
     with stack.rt.db.transaction() as s:
         stack.sync.enqueue_tasks(s)
-    sink = TaskSink(stack.sync)
-    sink.run_once()
-    sink.close()
+    worker = task_worker(stack.sync)
+    worker.run_once()
+    worker.close()
     tid = task_of(stack, item)
     ls = stack.ls.url
 

@@ -7,7 +7,7 @@ import time
 
 from sqlalchemy import func, select
 
-from pipeline.labelstudio import TOPIC, TaskSink, status
+from pipeline.labelstudio import TOPIC, status, task_worker
 from review.outbox import DeliveryPolicy
 from review.schema import LabelStudioAnnotation, LabelStudioTask, Outbox, VerdictRow
 from tests.labelstudio.conftest import Stack
@@ -25,12 +25,12 @@ def pending(stack: Stack) -> int:
 def test_outage_loses_nothing_and_doubles_nothing(stack: Stack) -> None:
     sync, ls = stack.sync, stack.ls
     projects = sync.setup().projects
-    sink = TaskSink(sync, policy=FAST)
+    worker = task_worker(sync, policy=FAST)
     # ten items already in Label Studio; reviewers give verdicts whose webhooks are lost
     early = [stack.flag(i) for i in range(10)]
     with stack.rt.db.transaction() as s:
         sync.enqueue_tasks(s)
-    sink.run_once(limit=50)
+    worker.run_once(limit=50)
     sdk = stack.admin()
     for h in sdk.webhooks.list(project=str(projects["adult"])):
         sdk.webhooks.update(h.id, url=h.url, is_active=False)  # deliveries lost
@@ -50,7 +50,7 @@ def test_outage_loses_nothing_and_doubles_nothing(stack: Stack) -> None:
     try:
         rounds_down = 0
         for _ in range(2):  # the outbox keeps trying; the poller notices
-            r = sink.run_once(limit=200)
+            r = worker.run_once(limit=200)
             rounds_down += 1
             assert r.delivered == 0 and r.dead == 0
             time.sleep(1.1)
@@ -67,7 +67,7 @@ def test_outage_loses_nothing_and_doubles_nothing(stack: Stack) -> None:
     t0 = time.monotonic()
     rounds_up = 0
     while pending(stack) and time.monotonic() - t0 < 60:
-        sink.run_once(limit=200)
+        worker.run_once(limit=200)
         rounds_up += 1
         if pending(stack):
             time.sleep(0.3)
@@ -81,8 +81,8 @@ def test_outage_loses_nothing_and_doubles_nothing(stack: Stack) -> None:
         for row in s.execute(select(Outbox).where(Outbox.idempotency_key.in_(
                 [f"{TOPIC}:{i}" for i in queued[:3]]))).scalars():
             row.status, row.next_attempt_at = "pending", dt.datetime.now(dt.UTC)
-    sink.run_once(limit=10)
-    sink.close()
+    worker.run_once(limit=10)
+    worker.close()
 
     by_item = sync.client.task_items(projects["adult"])
     assert sorted(by_item) == sorted(early + queued)

@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from pipeline.labelstudio import SECRET_HEADER, TOPIC, TaskSink, status
-from review.outbox import DeliveryPolicy
+from pipeline.delivery import WebhookSink
+from pipeline.labelstudio import SECRET_HEADER, TOPIC, status, task_worker
+from review.outbox import DeliveryPolicy, OutboxWorker, enqueue, list_rows
 from review.schema import AuditEvent, LabelStudioAnnotation, LabelStudioTask, Outbox, VerdictRow
 from tests.labelstudio.conftest import Stack
 
@@ -37,11 +38,11 @@ def annotate(stack: Stack, task_id: int, user: str, verdict: str,
 def push_all(stack: Stack) -> None:
     with stack.rt.db.transaction() as s:
         stack.sync.enqueue_tasks(s)
-    sink = TaskSink(stack.sync, policy=DeliveryPolicy(base_delay=dt.timedelta(seconds=0.1)))
+    worker = task_worker(stack.sync, policy=DeliveryPolicy(base_delay=dt.timedelta(seconds=0.1)))
     try:
-        sink.run_once(limit=500)
+        worker.run_once(limit=500)
     finally:
-        sink.close()
+        worker.close()
 
 
 def task_of(stack: Stack, item_id: int) -> int:
@@ -188,3 +189,41 @@ def test_two_person_queue_needs_two_distinct_entitled_reviewers(stack: Stack) ->
         approved = {a["kind"]: a for a in actions if a["status"] in ("approved", "notified")}
         assert "remove_content" in approved
         assert set(approved["remove_content"]["approvers"]) == {"sam", "sue"}
+
+
+def test_the_task_sink_answers_per_message_through_the_outbox(stack: Stack) -> None:
+    """Created; nothing to show (decided in lookfirst meanwhile: delivered, no task); or failed
+    with its reason, retried, then dead.  The platform's worker never takes these messages."""
+    projects = stack.sync.setup().projects
+    shown, decided = stack.flag(7), stack.flag(8)
+    with stack.rt.db.transaction() as s:
+        assert stack.sync.enqueue_tasks(s) == 2
+        enqueue(s, topic=TOPIC, key=f"{TOPIC}:stray", now=stack.rt.review.clock(),
+                payload={"item_id": 10**9, "queue": "no-such-queue"})
+    with stack.rt.db.transaction() as s:
+        stack.rt.review.claim(s, reviewer_id="alice", queue="adult", item_id=decided)
+        stack.rt.review.decide(s, item_id=decided, reviewer_id="alice", verdict="benign")
+    platform = OutboxWorker(stack.rt.db, WebhookSink(url="http://127.0.0.1:9/", secret="x"))
+    try:
+        assert all(m.topic != TOPIC for m in platform.lease(limit=1000))
+    finally:
+        platform.close()
+
+    worker = task_worker(stack.sync, policy=DeliveryPolicy(
+        max_attempts=2, base_delay=dt.timedelta(seconds=0.05),
+        max_delay=dt.timedelta(seconds=0.1)))
+    try:
+        first = worker.run_once(limit=50)
+        assert (first.leased, first.delivered, first.retried, first.dead) == (3, 2, 1, 0)
+        time.sleep(0.3)  # past the stray message's backoff
+        second = worker.run_once(limit=50)
+        assert (second.leased, second.dead) == (1, 1)
+    finally:
+        worker.close()
+    with stack.rt.db.transaction() as s:
+        (dead,) = list_rows(s, status="dead")
+        assert s.get(LabelStudioTask, decided) is None
+    assert dead["key"] == f"{TOPIC}:stray"
+    assert dead["last_error"] == "no Label Studio project for queue no-such-queue"
+    assert stack.sync.client.task_items(projects["adult"]) == {shown: [task_of(stack, shown)]}
+    assert status(stack.rt)["outbox"] == {"pending": 0, "delivered": 2, "dead": 1}

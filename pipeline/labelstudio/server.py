@@ -109,5 +109,5 @@ class LabelStudioServer:
         self.proc = None
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m pipeline.labelstudio_server`
+if __name__ == "__main__":  # pragma: no cover - `python -m pipeline.labelstudio.server`
     ensure_venv(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_VENV)

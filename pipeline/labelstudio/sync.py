@@ -3,9 +3,8 @@
 - `setup()`: one project per review queue, its labelling config generated from the policy's
   taxonomy and validated through Label Studio's API; idempotent.  Two-person queues get
   `maximum_annotations=2`; every project gets a webhook carrying the shared secret header.
-- Tasks go out through the outbox (`enqueue_tasks` writes rows; `TaskSink` delivers them),
-  never in a request path.  Delivery is idempotent: before importing, the sink looks up which
-  items already have a task in the project, so a retry after a lost response creates nothing.
+- Tasks go out through the outbox (`enqueue_tasks` writes messages; the `TaskSink` delivers
+  them), never in a request path.
 - Annotations come back by webhook (`reconcile`, after the receiver has answered) and by the
   poller (`poll`), which catches whatever the webhook missed.  Each annotation is judged once
   (table labelstudio_annotation): recorded as the mapped reviewer's verdict (claim and decide
@@ -18,34 +17,36 @@ Nothing here logs a payload: Label Studio's carry the project token and the revi
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import html
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from xml.sax.saxutils import quoteattr
 
-import httpx
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pipeline.errors import PipelineError
-from pipeline.policy import Policy
+from pipeline.labelstudio.client import (
+    LabelStudioClient,
+    LabelStudioNotSetUp,
+    LabelStudioUnavailable,
+)
+from pipeline.labelstudio.config import AS_POLICY, config_digest, label_config, parse_result
+from pipeline.labelstudio.sink import TOPIC, task_worker
 from pipeline.previews import sign_link
 from pipeline.runtime import Runtime
-from review import audit
+from review import audit, outbox
 from review.errors import ReviewError
-from review.outbox import DeliveryPolicy, OutboxWorker
+from review.outbox import OutboxWorker
 from review.schema import (
     Decision,
     LabelStudioAnnotation,
     LabelStudioProject,
     LabelStudioReviewer,
     LabelStudioTask,
-    Outbox,
     ReviewItem,
     Upload,
     VerdictRow,
@@ -53,229 +54,15 @@ from review.schema import (
 from review.schema import (
     LabelStudioSync as SyncStateRow,
 )
-from review.states import OPEN_ITEM_STATUSES, ItemStatus, Verdict
+from review.states import OPEN_ITEM_STATUSES, ItemStatus
 
 log = logging.getLogger(__name__)
 
-TOPIC = "labelstudio.task"
-#: the webhook events the receiver acts on; anything else is acknowledged and ignored
-WEBHOOK_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
 SECRET_HEADER = "X-Lookfirst-Webhook-Secret"
 WEBHOOK_PATH = "/v1/labelstudio/webhook"
 ACTOR = "system:labelstudio-sync"
-AS_POLICY = "as_policy"
 
 
-class LabelStudioUnavailable(PipelineError):
-    """Label Studio is unavailable."""
-
-    code = "dependency.labelstudio"
-    http_status = 503
-    exit_code = 3
-
-
-class LabelStudioNotSetUp(PipelineError):
-    """Label Studio is not set up: run `lookfirst labelstudio setup`."""
-
-    code = "labelstudio.not_set_up"
-    exit_code = 2
-
-
-# ---- the labelling config, generated from the policy ----------------------------------------
-VERDICT_HINTS = {
-    Verdict.VIOLATING: "Breaks the policy: name the violated categories",
-    Verdict.BENIGN: "No violation",
-    Verdict.BENIGN_MEDICAL: "No violation: medical context",
-    Verdict.NEED_MORE_CONTEXT: "Cannot decide without the user's context (they will be asked)",
-}
-
-
-def label_config(policy: Policy, queue: str) -> str:
-    """The labelling interface for one queue: verdict, violated categories, proposed action,
-    notes; the preview, the reasons, the context and the account's history to read."""
-    cats = "\n".join(
-        f"    <Choice value={quoteattr(c.name)} hint={quoteattr(c.description.strip()[:200])}/>"
-        for c in policy.categories.values()
-        if c.severity != "none"
-    )
-    actions = sorted({a for acts in policy.actions_by_severity.values() for a in acts})
-    acts = "\n".join(f"    <Choice value={quoteattr(a)}/>" for a in actions)
-    verdicts = "\n".join(
-        f"    <Choice value={quoteattr(str(v))} hint={quoteattr(VERDICT_HINTS[v])}/>"
-        for v in Verdict
-    )
-    title = quoteattr(f"lookfirst · queue {queue} · policy {policy.name} {policy.version}")
-    return f"""<View>
-  <Header value={title} size="5"/>
-  <View style="display:flex;gap:16px;align-items:flex-start">
-    <View style="flex:1 1 55%">
-      <Image name="preview" value="$preview" zoom="false"/>
-      <HyperText name="reveal" value="$reveal_html" inline="true"/>
-    </View>
-    <View style="flex:1 1 45%">
-      <Header value="Why this is here (statement of reasons)" size="6"/>
-      <Text name="reasons" value="$reasons_text"/>
-      <Header value="Context" size="6"/>
-      <Text name="context" value="$context_text"/>
-      <Header value="Account history" size="6"/>
-      <Text name="history" value="$history_text"/>
-    </View>
-  </View>
-  <Header value="Verdict" size="6"/>
-  <Choices name="verdict" toName="preview" choice="single-radio" required="true" showInline="true">
-{verdicts}
-  </Choices>
-  <Header value="Violated categories (for a violating verdict)" size="6"/>
-  <Choices name="categories" toName="preview" choice="multiple" showInline="true">
-{cats}
-  </Choices>
-  <Header value="Proposed action (lookfirst applies the policy's mapping)" size="6"/>
-  <Choices name="proposed_action" toName="preview" choice="single-radio" showInline="true">
-    <Choice value="{AS_POLICY}" hint="The actions the policy maps this verdict to"/>
-{acts}
-  </Choices>
-  <Header value="Notes" size="6"/>
-  <TextArea name="notes" toName="preview" rows="3" maxSubmissions="1" editable="true"/>
-</View>
-"""
-
-
-def config_digest(config: str) -> str:
-    return hashlib.sha256(config.encode()).hexdigest()
-
-
-# ---- reading an annotation --------------------------------------------------------------------
-@dataclass(frozen=True)
-class AnnotationForm:
-    verdict: str | None
-    categories: tuple[str, ...]
-    proposed_action: str | None
-    notes: str
-
-
-def parse_result(result: Sequence[Mapping[str, Any]] | None) -> AnnotationForm:
-    verdict: str | None = None
-    categories: tuple[str, ...] = ()
-    proposed: str | None = None
-    notes = ""
-    for r in result or ():
-        name, value = r.get("from_name"), r.get("value") or {}
-        if name == "verdict" and value.get("choices"):
-            verdict = str(value["choices"][0])
-        elif name == "categories":
-            categories = tuple(str(c) for c in value.get("choices") or ())
-        elif name == "proposed_action" and value.get("choices"):
-            proposed = str(value["choices"][0])
-        elif name == "notes":
-            notes = "\n".join(str(t) for t in value.get("text") or ())
-    return AnnotationForm(verdict, categories, proposed, notes[:4000])
-
-
-# ---- the Label Studio client (the SDK, behind the few calls the sync makes) -------------------
-class LabelStudioClient:
-    """label-studio-sdk 2.x behind the calls the sync makes; errors become
-    LabelStudioUnavailable so callers retry instead of crashing."""
-
-    def __init__(self, url: str, token: str, *, timeout_s: float = 10.0) -> None:
-        from label_studio_sdk import LabelStudio
-
-        self.url = url.rstrip("/")
-        self.sdk = LabelStudio(  # type: ignore[no-untyped-call]
-            base_url=self.url, api_key=token, timeout=timeout_s)
-        self._emails: dict[int, str] = {}
-
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (httpx.HTTPError, OSError) as exc:
-            raise LabelStudioUnavailable(
-                f"Label Studio at {self.url} is unavailable ({type(exc).__name__})"
-            ) from None
-        except Exception as exc:  # the SDK's ApiError: a refusal we name, body left out
-            status = getattr(exc, "status_code", None)
-            if status is None:
-                raise
-            if status >= 500:
-                raise LabelStudioUnavailable(f"Label Studio answered HTTP {status}") from None
-            raise PipelineError(f"Label Studio refused the request (HTTP {status})") from None
-
-    def health(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def projects(self) -> list[Any]:
-        return list(self._call(lambda: list(self.sdk.projects.list(page_size=100))))
-
-    def project(self, pid: int) -> Any:
-        return self._call(self.sdk.projects.get, pid)
-
-    def create_project(self, **kw: Any) -> int:
-        return int(self._call(self.sdk.projects.create, **kw).id)
-
-    def update_project(self, pid: int, **kw: Any) -> None:
-        self._call(self.sdk.projects.update, pid, **kw)
-
-    def validate_config(self, pid: int, config: str) -> None:
-        self._call(self.sdk.projects.validate_label_config, pid, label_config=config)
-
-    def webhooks(self, pid: int) -> list[Any]:
-        return list(self._call(self.sdk.webhooks.list, project=str(pid)))
-
-    def create_webhook(self, *, pid: int, url: str, headers: Mapping[str, str]) -> None:
-        self._call(self.sdk.webhooks.create, url=url, project=pid, send_payload=True,
-                   send_for_all_actions=False, actions=sorted(WEBHOOK_ACTIONS),
-                   headers=dict(headers), is_active=True)
-
-    def task_items(self, pid: int) -> dict[int, list[int]]:
-        """lookfirst item id -> Label Studio task ids in one project (more than one: a bug)."""
-        out: dict[int, list[int]] = {}
-
-        def scan() -> None:
-            t: Any
-            for t in self.sdk.tasks.list(project=pid, page_size=100, include="id,data"):
-                item = (t.data or {}).get("item_id")
-                if item is not None:
-                    out.setdefault(int(item), []).append(int(t.id))
-
-        self._call(scan)
-        return out
-
-    def import_tasks(self, pid: int, tasks: list[dict[str, Any]]) -> list[int]:
-        r = self._call(self.sdk.projects.import_tasks, pid, request=tasks,
-                       return_task_ids=True)
-        return [int(x) for x in (r.task_ids or [])]
-
-    def annotated_tasks(self, pid: int) -> list[tuple[int, list[dict[str, Any]]]]:
-        out: list[tuple[int, list[dict[str, Any]]]] = []
-
-        def scan() -> None:
-            t: Any
-            for t in self.sdk.tasks.list(project=pid, page_size=100, fields="all",
-                                         only_annotated=True):
-                anns = [a if isinstance(a, dict) else a.dict() for a in (t.annotations or [])]
-                out.append((int(t.id), anns))
-
-        self._call(scan)
-        return out
-
-    def user_email(self, user_id: int) -> str | None:
-        if user_id not in self._emails:
-            u = self._call(self.sdk.users.get, user_id)
-            if u is None or not getattr(u, "email", None):
-                return None
-            self._emails[user_id] = str(u.email).lower()
-        return self._emails[user_id]
-
-    def user_id_for(self, email: str) -> int | None:
-        for u in self._call(lambda: list(self.sdk.users.list())):
-            if str(getattr(u, "email", "")).lower() == email.lower():
-                return int(u.id)
-        return None
-
-
-# ---- the sync ---------------------------------------------------------------------------------
 @dataclass
 class PollReport:
     tasks_seen: int = 0
@@ -412,19 +199,14 @@ class LabelStudioSync:
             .limit(limit)
         ).all()
         keys = {f"{TOPIC}:{i}": (i, q) for i, q in items}
-        if not keys:
-            return 0
-        have = set(s.execute(
-            select(Outbox.idempotency_key).where(Outbox.idempotency_key.in_(list(keys)))
-        ).scalars())
+        have = outbox.known_keys(s, keys)
         now = self._now()
         n = 0
         for key, (item_id, queue) in keys.items():
             if key in have:
                 continue
-            s.add(Outbox(topic=TOPIC, idempotency_key=key,
-                         payload={"item_id": item_id, "queue": queue}, status="pending",
-                         attempts=0, next_attempt_at=now, created_at=now))
+            outbox.enqueue(s, topic=TOPIC, key=key, payload={"item_id": item_id, "queue": queue},
+                           now=now)
             n += 1
         s.flush()
         return n
@@ -508,55 +290,6 @@ class LabelStudioSync:
         if verdicts:
             parts.append("earlier verdicts: " + ", ".join(f"{v} {n}" for v, n in sorted(verdicts)))
         return "; ".join(parts)
-
-    def push(self, rows: Sequence[Outbox]) -> dict[int, bool | str]:
-        """Deliver leased outbox rows: True delivered, a string the error (retried)."""
-        result: dict[int, bool | str] = {}
-        by_queue: dict[str, list[Outbox]] = {}
-        for r in rows:
-            by_queue.setdefault(str(r.payload["queue"]), []).append(r)
-        with self.rt.db.transaction() as s:
-            projects = {p.queue: p.project_id for p in s.execute(select(LabelStudioProject))
-                        .scalars()}
-        for queue, group in by_queue.items():
-            pid = projects.get(queue)
-            if pid is None:
-                for r in group:
-                    result[r.id] = f"no Label Studio project for queue {queue}"
-                continue
-            try:
-                present = self.client.task_items(pid)
-                todo: list[tuple[Outbox, dict[str, Any]]] = []
-                found: dict[int, int] = {}
-                with self.rt.db.transaction() as s:
-                    for r in group:
-                        item_id = int(r.payload["item_id"])
-                        if item_id in present:
-                            found[item_id] = min(present[item_id])
-                            continue
-                        item = s.get(ReviewItem, item_id)
-                        if item is None or item.status not in OPEN_ITEM_STATUSES:
-                            result[r.id] = True  # decided meanwhile: nothing to show
-                            continue
-                        todo.append((r, self.task_data(s, item_id)))
-                if todo:
-                    ids = self.client.import_tasks(pid, [t for _, t in todo])
-                    if len(ids) != len(todo):
-                        raise LabelStudioUnavailable("Label Studio returned no task ids")
-                    for (r, _), tid in zip(todo, ids, strict=True):
-                        found[int(r.payload["item_id"])] = tid
-                now = self._now()
-                with self.rt.db.transaction() as s:
-                    for item_id, tid in found.items():
-                        if s.get(LabelStudioTask, item_id) is None:
-                            s.add(LabelStudioTask(item_id=item_id, project_id=pid, task_id=tid,
-                                                  created_at=now))
-                for r in group:
-                    result.setdefault(r.id, True)
-            except (LabelStudioUnavailable, PipelineError) as exc:
-                for r in group:
-                    result.setdefault(r.id, exc.code)
-        return result
 
     # ---- annotations back ------------------------------------------------------------------
     def reconcile(self, task_id: int, annotation: Mapping[str, Any], *, via: str) -> str:
@@ -693,17 +426,18 @@ class LabelStudioSync:
             else:
                 row.value, row.updated_at = dict(value), self._now()
 
-    def sync_once(self, sink: TaskSink | None = None) -> dict[str, Any]:
-        """One round: enqueue new items, deliver due tasks, poll annotations."""
+    def sync_once(self, worker: OutboxWorker | None = None) -> dict[str, Any]:
+        """One round: enqueue new items, deliver due tasks (through `worker`, over the Label
+        Studio sink; a new one when None), poll annotations."""
         with self.rt.db.transaction() as s:
             enqueued = self.enqueue_tasks(s)
-        own = sink is None
-        sink = sink or TaskSink(self)
+        own = worker is None
+        worker = worker or task_worker(self)
         try:
-            delivery = sink.run_once(limit=200)
+            delivery = worker.run_once(limit=200)
         finally:
             if own:
-                sink.close()
+                worker.close()
         poll = self.poll()
         return {"enqueued": enqueued, "delivered": delivery.delivered,
                 "retried": delivery.retried, "dead": delivery.dead,
@@ -714,9 +448,7 @@ class LabelStudioSync:
 def status(rt: Runtime) -> dict[str, Any]:
     """Backlog and last sync, for `lookfirst labelstudio status`."""
     with rt.db.transaction() as s:
-        out_rows = dict(s.execute(
-            select(Outbox.status, func.count()).where(Outbox.topic == TOPIC)
-            .group_by(Outbox.status)).all())
+        tasks_out = outbox.backlog(s, topics=[TOPIC])
         queues = list(s.execute(select(LabelStudioProject.queue)).scalars())
         has_task = select(LabelStudioTask.item_id).where(LabelStudioTask.item_id == ReviewItem.id)
         without = s.execute(
@@ -734,40 +466,8 @@ def status(rt: Runtime) -> dict[str, Any]:
         "projects": sorted(queues),
         "tasks": int(tasks),
         "open_items_without_task": int(without),
-        "outbox": {"pending": int(out_rows.get("pending", 0)),
-                   "delivered": int(out_rows.get("delivered", 0)),
-                   "dead": int(out_rows.get("dead", 0))},
+        "outbox": tasks_out,
         "annotations": {"recorded": int(anns.get("recorded", 0)),
                         "refused": int(anns.get("refused", 0))},
         "last_poll": state.get("poll"),
     }
-
-
-class TaskSink(OutboxWorker):
-    """The outbox's second delivery sink: Label Studio tasks (topic labelstudio.task)."""
-
-    def __init__(self, sync: LabelStudioSync, *, policy: DeliveryPolicy | None = None) -> None:
-        super().__init__(sync.rt.db, url=sync.client.url, secret="", policy=policy,
-                         clock=sync.rt.review.clock, topics=frozenset({TOPIC}))
-        self.sync = sync
-        self._results: dict[int, bool | str] = {}
-
-    def run_once(self, *, limit: int = 50) -> Any:
-        rows = self.lease(limit=limit)
-        self._results = self.sync.push(rows) if rows else {}
-        return self._settle_all(rows)
-
-    def deliver(self, row: Outbox) -> tuple[bool, str | None]:
-        r = self._results.get(row.id, "not delivered")
-        return (True, None) if r is True else (False, str(r))
-
-    def _settle_all(self, rows: Iterable[Outbox]) -> Any:
-        from review.outbox import DeliveryReport
-
-        report = DeliveryReport()
-        for row in rows:
-            report.leased += 1
-            ok, error = self.deliver(row)
-            outcome = self._settle(row, ok, error)
-            setattr(report, outcome, getattr(report, outcome) + 1)
-        return report
