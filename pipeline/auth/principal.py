@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -53,7 +54,8 @@ def token_credential(issuer: str, subject: str) -> str:
     Not the token's `jti`: a console holding one client's credentials could fetch a second
     token and pass for a second door.  Hashed, because a subject may be an e-mail address and
     this id is written into every audit event the principal causes."""
-    digest = hashlib.sha256(f"{issuer}\n{subject}".encode()).hexdigest()
+    # JSON, not a separator: no pair of strings can pass for another pair
+    digest = hashlib.sha256(json.dumps([issuer, subject]).encode()).hexdigest()
     return f"oidc:{digest[:32]}"
 
 
@@ -174,6 +176,7 @@ class Principal:
             "reviewer": self.reviewer,
             "delegate": self.delegate,
             "scopes": sorted(self.scopes),
+            "label": self.label,
         }
         if self.token_id is not None:
             out["token_id"] = self.token_id
