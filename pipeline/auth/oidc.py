@@ -206,7 +206,7 @@ class JwksCache:
         self.fetches += 1
         try:
             keys = self._parse(self._read())
-        except (OSError, httpx.HTTPError, ValueError) as exc:
+        except (OSError, httpx.HTTPError, ValueError, RecursionError) as exc:
             log.warning("JWKS could not be loaded", extra={"error": type(exc).__name__,
                                                           "detail": str(exc)[:200]})
             return
@@ -347,7 +347,7 @@ class OidcVerifier:
             raise TokenMalformed()
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, RecursionError):  # RecursionError: JSON nested thousands deep
             raise TokenMalformed() from None
         alg = header.get("alg")
         # before any key is looked up: `none`, HS256 and every other algorithm we do not allow
@@ -366,6 +366,8 @@ class OidcVerifier:
             )
         except jwt.PyJWTError as exc:
             raise _refusal(exc) from None
+        except RecursionError:
+            raise TokenMalformed() from None
         reviewer = claims.get(cfg.reviewer_claim)
         if not isinstance(reviewer, str) or not REVIEWER_ID.fullmatch(reviewer):
             raise TokenClaims(f"The token's {cfg.reviewer_claim!r} claim does not name a usable "

@@ -7,6 +7,7 @@ tests move by hand, so refresh floors and lifetimes are exercised without sleepi
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -215,7 +216,16 @@ def test_a_reviewer_claim_that_is_not_a_reviewer_id(issuer: LocalIssuer, verifie
     assert _refused(verifier, token, TokenClaims) == "auth.token_claims"
 
 
-@pytest.mark.parametrize("raw", ["", "abc", "abc.def.ghi", "a.b", "é.é.é", "x" * 9000])
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("raw", [
+    "", "abc", "abc.def.ghi", "a.b", "é.é.é", "x" * 9000,
+    f"{_b64(b'[' * 3000)}.{_b64(b'{}')}.{_b64(b'sig')}",  # a header nested 3,000 deep
+    f"{_b64(b'[]')}.{_b64(b'{}')}.{_b64(b'sig')}",
+    f"{_b64(json.dumps({'alg': 'RS256', 'kid': ['rsa-1']}).encode())}.{_b64(b'{}')}.x",
+])
 def test_malformed(verifier: OidcVerifier, raw: str) -> None:
     assert _refused(verifier, raw, TokenMalformed) == "auth.token_malformed"
 
@@ -355,3 +365,26 @@ def test_only_public_signing_keys_of_allowed_kinds_are_used(issuer: LocalIssuer,
         assert _refused(verifier, issuer.token(key, claims), TokenUnknownKey)
     # the good keys next to them still work
     assert verifier.verify(issuer.token(issuer.keys["rsa-1"], claims)).reviewer_id == "alice"
+
+
+@pytest.mark.parametrize("content", [b"[" * 5000, b"not json", b'{"keys": "none"}',
+                                     b'{"keys": []}', b"{" + b" " * (300 * 1024) + b"}"])
+def test_an_unusable_jwks_file_is_unavailable_not_a_crash(
+    issuer: LocalIssuer, ticker: Ticker, tmp_path: Path, content: bytes
+) -> None:
+    path = tmp_path / "jwks.json"
+    path.write_bytes(content)
+    v = OidcVerifier(_config(issuer, jwks_url=None, jwks_path=path), clock=ticker)
+    with pytest.raises(JwksUnavailable):
+        v.verify(issuer.token(issuer.keys["rsa-1"], issuer.claims("alice")))
+
+
+def test_an_oversized_jwks_response_is_not_read_to_the_end(issuer: LocalIssuer,
+                                                           ticker: Ticker) -> None:
+    issuer.extra_jwks.append("x" * (300 * 1024))
+    v = OidcVerifier(_config(issuer), clock=ticker)
+    with pytest.raises(JwksUnavailable):
+        v.verify(issuer.token(issuer.keys["rsa-1"], issuer.claims("alice")))
+    issuer.extra_jwks.clear()
+    ticker.advance(61)
+    assert v.verify(issuer.token(issuer.keys["rsa-1"], issuer.claims("alice"))).key_id == "rsa-1"
