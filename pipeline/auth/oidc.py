@@ -153,17 +153,13 @@ class JwksCache:
         config: OidcConfig,
         *,
         clock: Callable[[], float] = time.monotonic,
-        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
-        self._transport = transport
         self._keys: dict[str, list[jwt.PyJWK]] | None = None
         self._fetched_at = 0.0  # last successful load
         self._attempted_at: float | None = None  # last load tried, successful or not
         self._lock = threading.Lock()
-        #: loads tried (a test reads it to see the refresh floor hold)
-        self.fetches = 0
 
     def key(self, kid: str, alg: str) -> jwt.PyJWK:
         """The key `kid` for algorithm `alg`; refreshes on a stale set or an unknown kid, no
@@ -203,7 +199,6 @@ class JwksCache:
         """Load the JWKS; on failure keep what we had (the callers decide whether it is still
         good enough) and say why in the log."""
         self._attempted_at = now
-        self.fetches += 1
         try:
             keys = self._parse(self._read())
         except (OSError, httpx.HTTPError, ValueError, RecursionError) as exc:
@@ -220,8 +215,7 @@ class JwksCache:
         else:
             assert cfg.jwks_url is not None
             # no redirects: the JWKS is where it was configured to be, not where a 302 points
-            with httpx.Client(timeout=cfg.jwks_timeout_s, follow_redirects=False,
-                              transport=self._transport) as client, \
+            with httpx.Client(timeout=cfg.jwks_timeout_s, follow_redirects=False) as client, \
                     client.stream("GET", cfg.jwks_url,
                                   headers={"Accept": "application/json"}) as r:
                 if r.status_code != 200:
@@ -318,10 +312,9 @@ class OidcVerifier:
         config: OidcConfig,
         *,
         clock: Callable[[], float] = time.monotonic,
-        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.config = config
-        self.keys = JwksCache(config, clock=clock, transport=transport)
+        self.keys = JwksCache(config, clock=clock)
 
     def verify(self, token: str) -> VerifiedToken:
         """The token's issuer, subject and reviewer, or a TokenInvalid (or JwksUnavailable)."""
