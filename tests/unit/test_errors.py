@@ -198,3 +198,13 @@ def test_the_database_and_bad_settings_map_outside_the_hierarchies() -> None:
     found = failure(down)
     assert found is not None and found[0] == "dependency.database" and found[2] == 3
     assert failure(RuntimeError("a bug")) is None  # a bug is not dressed up as a refusal
+
+
+def test_a_missing_extra_is_a_dependency_error_that_names_it() -> None:
+    from models.classifier import torch_extra
+    from models.errors import ModelDependencyMissing
+
+    missing = r"^no_such_extra_module: install the torch extra"
+    with pytest.raises(ModelDependencyMissing, match=missing) as exc, torch_extra():
+        import no_such_extra_module  # noqa: F401
+    assert failure(exc.value) == (exc.value.code, exc.value.detail, Exit.DEPENDENCY)
