@@ -1,16 +1,31 @@
-"""Errors raised by model backends; each carries a stable machine-readable code."""
+"""Errors raised by model backends, and `CodedError`, the base that `pipeline` shares.
+
+Every error has a stable machine-readable `code` and a `kind` (what went wrong, in the words of
+`pipeline.errors.ErrorKind`); the surfaces map the kind to an HTTP status or an exit code, so no
+error here knows about either.  The docstring is the default message.
+"""
 
 from __future__ import annotations
 
+from typing import ClassVar
 
-class ModelError(Exception):
-    """The model could not be loaded or run."""
 
-    code = "model.error"
+class CodedError(Exception):
+    """The operation failed."""
+
+    code: ClassVar[str]
+    kind: ClassVar[str]
 
     def __init__(self, detail: str | None = None) -> None:
         self.detail = detail or (self.__doc__ or self.code).strip()
         super().__init__(self.detail)
+
+
+class ModelError(CodedError):
+    """The model could not be loaded or run."""
+
+    code = "model.error"
+    kind = "unavailable"
 
 
 class ModelFileMissing(ModelError):
@@ -31,6 +46,13 @@ class BadModelInput(ModelError):
     code = "model.bad_input"
 
 
+class InvalidArgument(ModelError, ValueError):
+    """An argument is malformed or out of range."""
+
+    code = "input.invalid"
+    kind = "invalid"
+
+
 # ---- the trainable classifier (models/classifier) ------------------------------------------
 class ModelDependencyMissing(ModelError):
     """An optional dependency of this model backend is not installed (pip install '.[torch]')."""
@@ -42,22 +64,21 @@ class DatasetError(ModelError):
     """The labelled dataset (manifest or its images) is invalid."""
 
     code = "model.dataset_invalid"
-    #: the user's input is at fault, not a dependency: the CLI exits 2
-    user_error = True
+    kind = "invalid"
 
 
 class UnknownArchitecture(ModelError):
     """No classifier architecture is registered under that name."""
 
     code = "model.unknown_architecture"
-    user_error = True
+    kind = "invalid"
 
 
 class CheckpointInvalid(ModelError):
     """The file is not a lookfirst classifier checkpoint, or it is damaged."""
 
     code = "model.checkpoint_invalid"
-    user_error = True
+    kind = "invalid"
 
 
 class ModelCardInvalid(ModelError):
@@ -76,11 +97,11 @@ class DuplicateModel(ModelError):
     """A model with this name and version is already registered."""
 
     code = "model.duplicate"
-    user_error = True
+    kind = "conflict"
 
 
 class ModelNotRegistered(ModelError):
     """No registered model matches that name (and version)."""
 
     code = "model.not_registered"
-    user_error = True
+    kind = "not_found"

@@ -24,7 +24,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from models.base import Evidence, RGBImage, Scorer, ScoreResult
-from models.errors import ModelDigestMismatch, ModelError, ModelFileMissing
+from models.errors import InvalidArgument, ModelDigestMismatch, ModelError, ModelFileMissing
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ class NudeNetScorer(Scorer):
         verify_digest: bool = True,
     ) -> None:
         if threads < 0:
-            raise ValueError("threads must be >= 0 (0 lets onnxruntime choose)")
+            raise InvalidArgument("threads must be >= 0 (0 lets onnxruntime choose)")
         self.card = NudeNetCard.load(card)
         self.name = self.card.name
         self.categories = self.card.categories

@@ -16,14 +16,14 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pipeline.errors import PipelineError
+from pipeline.errors import ErrorKind, PipelineError
 from review.schema import ApiKey
 
 __all__ = [
@@ -61,8 +61,7 @@ class AuthError(PipelineError):
     """The request is not authenticated."""
 
     code = "auth.error"
-    http_status = 401
-    headers: Mapping[str, str] = {"WWW-Authenticate": "Bearer"}
+    kind = ErrorKind.UNAUTHENTICATED
 
 
 class AuthMissing(AuthError):
@@ -81,20 +80,18 @@ class Forbidden(AuthError):
     """The API key does not have the scope this endpoint needs."""
 
     code = "auth.forbidden"
-    http_status = 403
-    headers: Mapping[str, str] = {}
+    kind = ErrorKind.FORBIDDEN
 
 
 class RateLimited(PipelineError):
     """Too many requests for this API key; retry after the number of seconds in Retry-After."""
 
     code = "rate_limited"
-    http_status = 429
+    kind = ErrorKind.LIMITED
 
     def __init__(self, retry_after_s: float, detail: str | None = None) -> None:
         self.retry_after = max(1, math.ceil(retry_after_s))
         super().__init__(detail)
-        self.headers: Mapping[str, str] = {"Retry-After": str(self.retry_after)}
 
 
 # ---- keys ---------------------------------------------------------------------------------------

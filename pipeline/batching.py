@@ -20,14 +20,14 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
 from models.base import RGBImage, ScoreResult
-from pipeline.errors import PipelineError
+from pipeline.errors import ErrorKind, PipelineError
 from pipeline.ingest import IngestedImage, declared_size, ingest_bytes, sniff
 from pipeline.metrics import ApiMetrics
 from pipeline.policy import Context
@@ -44,13 +44,11 @@ class Overloaded(PipelineError):
     """The service is at capacity; retry after the number of seconds in Retry-After."""
 
     code = "overloaded"
-    http_status = 503
-    exit_code = 3
+    kind = ErrorKind.UNAVAILABLE
 
     def __init__(self, retry_after_s: float = 1.0, detail: str | None = None) -> None:
         self.retry_after = max(1, math.ceil(retry_after_s))
         super().__init__(detail)
-        self.headers: Mapping[str, str] = {"Retry-After": str(self.retry_after)}
 
 
 @dataclass(slots=True)

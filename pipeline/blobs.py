@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Final, final
 
+from models.errors import CodedError
+
 __all__ = [
     "BlobCorrupt",
     "BlobError",
@@ -34,14 +36,12 @@ _TEMP_PREFIX: Final = ".tmp-"
 _CHUNK: Final = 1 << 20
 
 
-class BlobError(Exception):
+class BlobError(CodedError):
     """The blob store could not complete the request."""
 
     code = "blob.error"
-
-    def __init__(self, detail: str | None = None) -> None:
-        self.detail = detail or (self.__doc__ or self.code).strip()
-        super().__init__(self.detail)
+    # keys come from our own records, never from a caller: any failure here is the store's
+    kind = "unavailable"
 
     def __str__(self) -> str:
         # KeyError would otherwise print the repr of its argument.

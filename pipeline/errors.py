@@ -1,22 +1,38 @@
-"""Errors of the pipeline; each has a stable machine-readable `code` and an HTTP status.
+"""Errors of the pipeline, and `ErrorKind`: the words every error's `kind` is chosen from.
 
-The CLI maps them to exit codes (2: the user's input, 3: an external dependency); the API maps
-them to `{"code": ..., "detail": ...}` bodies.  The docstring is the default message.
+Each error has a stable machine-readable `code` and a `kind`.  The surfaces map the kind, never
+the class: `pipeline.api.errors` to an HTTP status, `pipeline.cli._common` to an exit code, one
+table each.  The docstring is the default message.
 """
 
 from __future__ import annotations
 
+import enum
 
-class PipelineError(Exception):
+from models.errors import CodedError
+
+
+class ErrorKind(enum.StrEnum):
+    """What went wrong, as both surfaces understand it (models and review spell the same words)."""
+
+    INVALID = "invalid"  # the caller's input is malformed, out of range or contradictory
+    UNPROCESSABLE = "unprocessable"  # well-formed input that cannot be processed (a corrupt image)
+    TOO_LARGE = "too_large"  # the input is larger than a limit
+    UNSUPPORTED_MEDIA = "unsupported_media"  # not a type this endpoint or command accepts
+    UNAUTHENTICATED = "unauthenticated"  # no credential, or not a valid one
+    FORBIDDEN = "forbidden"  # a known caller who may not do this
+    NOT_FOUND = "not_found"  # no such record (or nothing waiting)
+    CONFLICT = "conflict"  # the record's state does not allow this step
+    LIMITED = "limited"  # a rate limit or an exposure cap was reached
+    UNAVAILABLE = "unavailable"  # a dependency (database, model, Label Studio, store) is down
+    CHECK_FAILED = "check_failed"  # a verification ran and found a problem (the audit chain)
+
+
+class PipelineError(CodedError):
     """The request could not be processed."""
 
     code = "pipeline.error"
-    http_status = 400
-    exit_code = 2
-
-    def __init__(self, detail: str | None = None) -> None:
-        self.detail = detail or (self.__doc__ or self.code).strip()
-        super().__init__(self.detail)
+    kind = ErrorKind.INVALID
 
 
 # ---- ingest -------------------------------------------------------------------------------
@@ -24,7 +40,7 @@ class ImageError(PipelineError):
     """The image was rejected."""
 
     code = "image.rejected"
-    http_status = 422
+    kind = ErrorKind.UNPROCESSABLE
 
 
 class ImageEmpty(ImageError):
@@ -37,14 +53,14 @@ class ImageTooLarge(ImageError):
     """The upload is larger than the size limit."""
 
     code = "image.too_large"
-    http_status = 413
+    kind = ErrorKind.TOO_LARGE
 
 
 class ImageUnsupportedType(ImageError):
     """The file is not one of the accepted image types (JPEG, PNG, WebP, GIF)."""
 
     code = "image.unsupported_type"
-    http_status = 415
+    kind = ErrorKind.UNSUPPORTED_MEDIA
 
 
 class ImageCorrupt(ImageError):
@@ -83,5 +99,4 @@ class DependencyUnavailable(PipelineError):
     """An external dependency (database, model, Label Studio, webhook) is unavailable."""
 
     code = "dependency.unavailable"
-    http_status = 503
-    exit_code = 3
+    kind = ErrorKind.UNAVAILABLE

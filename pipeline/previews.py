@@ -18,7 +18,7 @@ from typing import Literal
 
 from PIL import Image, ImageFilter, ImageOps
 
-from pipeline.errors import PipelineError
+from pipeline.errors import ErrorKind, PipelineError
 
 Kind = Literal["preview", "original"]
 PREVIEW_MAX_SIDE = 512
@@ -28,7 +28,7 @@ class LinkInvalid(PipelineError):
     """The link is invalid or has expired."""
 
     code = "link.invalid"
-    http_status = 403
+    kind = ErrorKind.FORBIDDEN
 
 
 @dataclass(frozen=True, slots=True)

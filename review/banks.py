@@ -30,7 +30,7 @@ class BadBankEntry(ReviewError):
     """A bank entry must be a 64-character lowercase hexadecimal sha256."""
 
     code = "bank.invalid_entry"
-    http_status = 422
+    kind = "unprocessable"
 
 
 def _check(bank: str, sha256: str) -> str:

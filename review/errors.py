@@ -1,15 +1,23 @@
-"""Errors of the review system of record; each has a stable `code`.  Docstring = default message."""
+"""Errors of the review system of record; each has a stable `code` and a `kind`.
+
+The kind is one of the words of `pipeline.errors.ErrorKind` (review may not import it): the
+API maps it to an HTTP status, the CLI to an exit code; review knows neither.  The docstring is
+the default message.
+"""
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class ReviewError(Exception):
     """The review operation was refused."""
 
-    code = "review.error"
-    http_status = 409
-    exit_code = 2
+    code: ClassVar[str] = "review.error"
+    kind: ClassVar[str] = "conflict"
 
+    # the same three lines as models.errors.CodedError: review may import neither models nor
+    # pipeline, and the mission allows no fourth package to hold them once
     def __init__(self, detail: str | None = None) -> None:
         self.detail = detail or (self.__doc__ or self.code).strip()
         super().__init__(self.detail)
@@ -19,7 +27,7 @@ class NotFound(ReviewError):
     """No such record."""
 
     code = "review.not_found"
-    http_status = 404
+    kind = "not_found"
 
 
 class InvalidTransition(ReviewError):
@@ -32,14 +40,14 @@ class NotEntitled(ReviewError):
     """The reviewer is not entitled to this queue."""
 
     code = "review.not_entitled"
-    http_status = 403
+    kind = "forbidden"
 
 
 class UnknownReviewer(ReviewError):
     """The reviewer is not registered, or no longer active."""
 
     code = "review.unknown_reviewer"
-    http_status = 403
+    kind = "forbidden"
 
 
 class NotClaimant(ReviewError):
@@ -58,14 +66,14 @@ class ExposureCapReached(ReviewError):
     """The reviewer has reached the exposure cap for this severe queue in the current shift."""
 
     code = "review.exposure_cap"
-    http_status = 429
+    kind = "limited"
 
 
 class NothingToClaim(ReviewError):
     """No item is waiting in the reviewer's queues."""
 
     code = "review.queue_empty"
-    http_status = 404
+    kind = "not_found"
 
 
 class ActionNotApproved(ReviewError):
@@ -90,4 +98,4 @@ class AuditChainBroken(ReviewError):
     """The audit chain does not verify."""
 
     code = "audit.chain_broken"
-    exit_code = 1
+    kind = "check_failed"

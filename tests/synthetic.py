@@ -240,17 +240,8 @@ def need_torch() -> None:
 
 
 def make_app() -> Any:
-    """A typer app with only the model commands (what `lookfirst` registers from them)."""
-    import typer
-
-    from pipeline.cli_models import register
-
-    app = typer.Typer()
-    register(app)
-
-    @app.callback()
-    def _root() -> None:  # a group, so subcommand names parse as in `lookfirst`
-        pass
+    """The `lookfirst` app itself, to run its model commands in-process."""
+    from pipeline.cli import app
 
     return app
 

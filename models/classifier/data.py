@@ -79,6 +79,34 @@ class Manifest:
     def labels_used(self) -> set[str]:
         return {label for s in self.samples for label in s.labels}
 
+    def images(self, splits: Sequence[str], limit: int) -> list[RGBImage]:
+        """The first `limit` images of `splits` (in that order), decoded."""
+        rows = [s for split in splits for s in self.split(split)][:limit]
+        return [decode_image(s.path) for s in rows]
+
+    def categories_to_learn(
+        self, known: Sequence[str], *, requested: Sequence[str] = (), source: str
+    ) -> tuple[str, ...]:
+        """`requested` if each is known, else every known category this manifest labels.
+
+        `known` is the policy's categories, in its order; `source` names it in messages
+        ("policy default").  A label outside `known`, or no label at all, is refused.
+        """
+        if requested:
+            unknown = [c for c in requested if c not in known]
+            if unknown:
+                raise DatasetError(f"categories {unknown} are not in {source}")
+            return tuple(requested)
+        used = self.labels_used()
+        outside = sorted(used - set(known))
+        if outside:
+            raise DatasetError(f"manifest labels {outside} are not categories of {source} "
+                               f"({', '.join(known)})")
+        chosen = tuple(c for c in known if c in used)
+        if not chosen:
+            raise DatasetError(f"{self.path}: no row carries a label; nothing to learn")
+        return chosen
+
     def check_categories(self, categories: Sequence[str], *, splits: Sequence[str]) -> None:
         """Refuse labels outside `categories`, and categories no split can learn or check."""
         unknown = sorted(self.labels_used() - set(categories))

@@ -27,6 +27,7 @@ from models.base import Scorer
 from models.classifier.calibrate import expected_calibration_error, reliability_bins
 from models.classifier.data import ContextValue, Sample, decode_image, label_matrix
 from models.classifier.progress import NoProgress, Progress
+from models.errors import InvalidArgument
 
 FloatArray = npt.NDArray[np.float64]
 ThresholdSource = Mapping[str, float] | Callable[[Mapping[str, ContextValue]], Mapping[str, float]]
@@ -303,6 +304,9 @@ def _thin(a: FloatArray, n: int = 200) -> list[float | None]:
 
 
 # ---- the report ---------------------------------------------------------------------------
+REPORT_FORMATS = ("md", "html")
+
+
 @dataclass
 class Report:
     json_path: Path
@@ -319,8 +323,8 @@ def write_report(
     title: str = "Classifier evaluation",
     notes: Mapping[str, Any] | None = None,
 ) -> Report:
-    if fmt not in ("md", "html"):
-        raise ValueError("fmt must be md or html")
+    if fmt not in REPORT_FORMATS:
+        raise InvalidArgument("fmt must be md or html")
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = _plots(result, scored, out_dir)
     doc = {**result, "notes": dict(notes or {})}
@@ -334,6 +338,24 @@ def write_report(
         path = out_dir / "report.html"
         path.write_text(_html(title, sections), encoding="utf-8")
     return Report(json_path, path, plots)
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """An evaluation.json that `write_report` wrote, without its curves: what a card records."""
+    try:
+        ev = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"{path} is not JSON: {exc}") from None
+    if not isinstance(ev, dict):
+        raise InvalidArgument(f"{path} is not an evaluation (a JSON object)")
+    return {
+        "model_version": ev.get("model_version"), "split": ev.get("split"),
+        "n": ev.get("n"), "macro": ev.get("macro"), "headline": ev.get("headline"),
+        "per_category": {c: {k: v for k, v in m.items() if k != "curves"}
+                         for c, m in ev.get("per_category", {}).items()},
+    }
 
 
 Table = tuple[list[str], list[list[str]]]

@@ -90,6 +90,19 @@ class ExportResult:
     parity: Parity
 
 
+def probe_images(n: int, seed: int = 0) -> list[RGBImage]:
+    """Varied synthetic images for a parity check when no dataset is given."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        h, w = int(rng.integers(48, 400)), int(rng.integers(48, 400))
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = rng.uniform(0, 255, 3) * (xx[..., None] / w if i % 2 else yy[..., None] / h)
+        img = base + rng.normal(0, 30 + 10 * (i % 4), (h, w, 3))
+        out.append(np.clip(img, 0, 255).astype(np.uint8))
+    return out
+
+
 def _require_onnx() -> Any:
     try:
         import onnx

@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from models.base import Evidence, RGBImage, Scorer, ScoreResult
 from models.classifier.card import ClassifierCard, locate, model_version
-from models.errors import ModelDigestMismatch, ModelError, ModelFileMissing
+from models.errors import InvalidArgument, ModelDigestMismatch, ModelError, ModelFileMissing
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +82,9 @@ class OnnxClassifierScorer(Scorer):
         `evidence_min`: categories scoring at least this are listed as evidence.
         """
         if threads < 0:
-            raise ValueError("threads must be >= 0 (0 lets onnxruntime choose)")
+            raise InvalidArgument("threads must be >= 0 (0 lets onnxruntime choose)")
         if graph_optimization not in _OPT_LEVELS:
-            raise ValueError(f"graph_optimization must be one of {', '.join(_OPT_LEVELS)}")
+            raise InvalidArgument(f"graph_optimization must be one of {', '.join(_OPT_LEVELS)}")
         self.model_path, self.card = locate(Path(model))
         card: ClassifierCard = self.card
         self.name = card.name

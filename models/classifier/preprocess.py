@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.base import RGBImage
+from models.errors import InvalidArgument
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -42,11 +43,11 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if not 16 <= self.size <= 1024:
-            raise ValueError(f"size must be in [16, 1024], got {self.size}")
+            raise InvalidArgument(f"size must be in [16, 1024], got {self.size}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError("mean and std need three values each, std positive")
+            raise InvalidArgument("mean and std need three values each, std positive")
         if self.interpolation != "area":
-            raise ValueError(f"unknown interpolation {self.interpolation!r} (known: area)")
+            raise InvalidArgument(f"unknown interpolation {self.interpolation!r} (known: area)")
 
     def __call__(self, images: Sequence[RGBImage]) -> UInt8Batch:
         out = np.empty((len(images), self.size, self.size, 3), dtype=np.uint8)

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from models.base import Scorer
+from models.classifier import torch_extra
 from models.classifier.card import CARD_FILE, ClassifierCard, locate, model_version
 from models.classifier.onnx_scorer import OnnxClassifierScorer, read_verified
 from models.classifier.shadow import ShadowScorer
-from models.errors import DuplicateModel, ModelError, ModelNotRegistered
+from models.errors import DuplicateModel, ModelError, ModelFileMissing, ModelNotRegistered
 
 Status = Literal["active", "shadow", "inactive"]
 STATUSES: tuple[str, ...] = ("active", "shadow", "inactive")
@@ -263,6 +264,22 @@ class ModelRegistry:
         scorer = self.load(active.ref, **opts)
         shadows = [self.load(e.ref, **opts) for e in self.shadows()]
         return ShadowScorer(scorer, shadows) if shadows else scorer
+
+
+def load_model(model: str, *, registry: Path | str, threads: int = 0) -> Scorer:
+    """A checkpoint (.pt, scored in torch), an exported model (directory, .onnx or card), or
+    NAME@VERSION from the registry at `registry`."""
+    path = Path(model)
+    if path.suffix == ".pt":
+        if not path.is_file():
+            raise ModelFileMissing(f"checkpoint not found: {path}")
+        with torch_extra():
+            from models.classifier.torch_scorer import TorchClassifierScorer
+
+        return TorchClassifierScorer(checkpoint=path, threads=threads)
+    if path.exists():
+        return OnnxClassifierScorer(model=path, threads=threads)
+    return ModelRegistry(registry).load(model, threads=threads)
 
 
 def registry_scorer(*, root: Path | str, threads: int = 0, **opts: Any) -> Scorer:

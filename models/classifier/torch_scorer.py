@@ -28,6 +28,7 @@ from models.classifier.card import model_version
 from models.classifier.checkpoint import load_checkpoint
 from models.classifier.data import decode_image
 from models.classifier.onnx_scorer import probs_to_results
+from models.errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ _TV_DEPRECATION = "The image decoding and encoding capabilities of TorchVision a
 
 def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+        raise InvalidArgument(f"precision must be one of {', '.join(PRECISIONS)}")
     if device.type != "cuda" or precision == "fp32":
         return None  # CPU: onnxruntime is the fast path; fp32 keeps the torch path exact
     if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):

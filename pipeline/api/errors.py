@@ -1,16 +1,17 @@
 """The API's error contract: every error is `{"code": ..., "detail": ...}` with a stable code.
 
-One place maps the error hierarchies (PipelineError, ReviewError, ModelError, BlobError) and
-FastAPI's own errors to status codes.  Validation errors name the field and the rule, never the
-value that was sent (it may be personal data).  Anything unexpected is a 500 `internal` from
-`ApiMiddleware`, with no traceback in the body.
+`HTTP_STATUS` is the one table from an error's kind to its status (the CLI's exit codes are in
+`pipeline.cli._common`); `from_exception` applies it to the error hierarchies (CodedError:
+PipelineError, ModelError, BlobError; ReviewError) and FastAPI's own errors.  Validation errors
+name the field and the rule, never the value that was sent (it may be personal data).  Anything
+unexpected is a 500 `internal` from `ApiMiddleware`, with no traceback in the body.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,33 +19,50 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models.errors import ModelError
+from models.errors import CodedError
 from pipeline.blobs import BlobError
-from pipeline.errors import PipelineError
+from pipeline.errors import ErrorKind, PipelineError
 from review.errors import ReviewError
 
 log = logging.getLogger(__name__)
+
+#: an error's kind -> its HTTP status: the one place the API decides a status
+HTTP_STATUS: Final[Mapping[ErrorKind, int]] = {
+    ErrorKind.INVALID: 400,
+    ErrorKind.UNPROCESSABLE: 422,
+    ErrorKind.TOO_LARGE: 413,
+    ErrorKind.UNSUPPORTED_MEDIA: 415,
+    ErrorKind.UNAUTHENTICATED: 401,
+    ErrorKind.FORBIDDEN: 403,
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.CONFLICT: 409,
+    ErrorKind.LIMITED: 429,
+    ErrorKind.UNAVAILABLE: 503,
+    ErrorKind.CHECK_FAILED: 409,  # the stored records contradict themselves (the audit chain)
+}
+#: seconds a client is told to wait after a 503 whose error names no wait of its own
+DEFAULT_RETRY_AFTER_S = 5
 
 
 class RequestInvalid(PipelineError):
     """The request is not valid."""
 
     code = "request.invalid"
-    http_status = 422
+    kind = ErrorKind.UNPROCESSABLE
 
 
 class RequestMalformed(PipelineError):
     """The request is malformed."""
 
     code = "request.malformed"
-    http_status = 400
+    kind = ErrorKind.INVALID
 
 
 class RequestTooLarge(PipelineError):
     """The request body is larger than this endpoint accepts."""
 
     code = "request.too_large"
-    http_status = 413
+    kind = ErrorKind.TOO_LARGE
 
 
 class UnsupportedMediaType(PipelineError):
@@ -52,22 +70,37 @@ class UnsupportedMediaType(PipelineError):
     image/* or application/octet-stream content type."""
 
     code = "request.unsupported_media_type"
-    http_status = 415
+    kind = ErrorKind.UNSUPPORTED_MEDIA
 
 
 class IdempotencyMismatch(PipelineError):
     """This Idempotency-Key was used before with a different request; use a new key."""
 
     code = "idempotency.mismatch"
-    http_status = 409
+    kind = ErrorKind.CONFLICT
 
 
 class NotReady(PipelineError):
     """The service is not ready: the model or the database is not available yet."""
 
     code = "dependency.unavailable"
-    http_status = 503
-    exit_code = 3
+    kind = ErrorKind.UNAVAILABLE
+
+
+def status_for(exc: CodedError | ReviewError) -> int:
+    """The HTTP status of one of our errors, from its kind."""
+    return HTTP_STATUS[ErrorKind(exc.kind)]
+
+
+def headers_for(exc: CodedError | ReviewError) -> dict[str, str]:
+    """What the status implies: a challenge with a 401, a wait with a 429 or 503."""
+    kind = ErrorKind(exc.kind)
+    if kind is ErrorKind.UNAUTHENTICATED:
+        return {"WWW-Authenticate": "Bearer"}
+    wait = getattr(exc, "retry_after", None)
+    if wait is None and kind is ErrorKind.UNAVAILABLE:
+        wait = DEFAULT_RETRY_AFTER_S
+    return {} if wait is None else {"Retry-After": str(wait)}
 
 
 _HTTP_CODES = {
@@ -93,18 +126,16 @@ def error_response(
 
 def from_exception(exc: BaseException) -> JSONResponse | None:
     """The response for one of our errors, or None for anything else."""
-    if isinstance(exc, PipelineError | ReviewError):
-        return error_response(exc.http_status, exc.code, exc.detail, getattr(exc, "headers", None))
-    if isinstance(exc, ModelError):
-        return error_response(503, exc.code, exc.detail, {"Retry-After": "5"})
-    if isinstance(exc, BlobError):
+    if isinstance(exc, BlobError):  # before CodedError: the store's own detail stays in the log
         log.error("blob store error", extra={"code": exc.code})
-        return error_response(503, "dependency.blob_store", "The image store is unavailable.",
-                              {"Retry-After": "5"})
+        return error_response(status_for(exc), "dependency.blob_store",
+                              "The image store is unavailable.", headers_for(exc))
+    if isinstance(exc, CodedError | ReviewError):
+        return error_response(status_for(exc), exc.code, exc.detail, headers_for(exc))
     if isinstance(exc, OperationalError):
         log.error("database unavailable", extra={"error": type(exc.orig).__name__})
         return error_response(503, "dependency.database", "The database is unavailable.",
-                              {"Retry-After": "5"})
+                              {"Retry-After": str(DEFAULT_RETRY_AFTER_S)})
     return None
 
 
@@ -137,7 +168,7 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install(app: FastAPI) -> None:
-    for cls in (PipelineError, ReviewError, ModelError, BlobError, OperationalError):
+    for cls in (CodedError, ReviewError, OperationalError):
         app.add_exception_handler(cls, _ours)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)

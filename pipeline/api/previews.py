@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from pipeline.api.errors import responses
+from pipeline.api.errors import responses, status_for
 from pipeline.blobs import BlobError
 from pipeline.previews import LinkInvalid, render_preview, verify_link
 from pipeline.runtime import Runtime
@@ -33,8 +33,9 @@ def build_router(rt: Runtime) -> APIRouter:
     origin = origin_of(rt.settings.labelstudio_url)
     cors = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
 
-    def _refuse(exc: LinkInvalid | ReviewError, status: int) -> JSONResponse:
-        return JSONResponse({"code": exc.code, "detail": exc.detail}, status, headers=cors)
+    def _refuse(exc: LinkInvalid | ReviewError) -> JSONResponse:
+        return JSONResponse({"code": exc.code, "detail": exc.detail}, status_for(exc),
+                            headers=cors)
 
     def _blob_for(claims_item: int, sha256: str) -> bytes:
         with rt.db.transaction() as s:
@@ -52,7 +53,7 @@ def build_router(rt: Runtime) -> APIRouter:
             data = await run_in_threadpool(_blob_for, claims.item_id, claims.sha256)
             jpeg = await run_in_threadpool(render_preview, data)
         except LinkInvalid as exc:
-            return _refuse(exc, 403)
+            return _refuse(exc)
         except BlobError:
             return JSONResponse({"code": "blob.not_found", "detail": "no such content"}, 404,
                                 headers=cors)
@@ -73,7 +74,7 @@ def build_router(rt: Runtime) -> APIRouter:
         try:
             claims = verify_link(key, token, kind="original", now=dt.datetime.now(dt.UTC))
         except LinkInvalid as exc:
-            return _refuse(exc, 403)
+            return _refuse(exc)
         if not reviewer or not reason:
             # the reveal is a deliberate, named act: ask who and why before showing anything
             return HTMLResponse(
@@ -100,9 +101,9 @@ def build_router(rt: Runtime) -> APIRouter:
         try:
             data, mime = await run_in_threadpool(reveal)
         except LinkInvalid as exc:
-            return _refuse(exc, 403)
+            return _refuse(exc)
         except ReviewError as exc:
-            return _refuse(exc, exc.http_status)
+            return _refuse(exc)
         except BlobError:
             return JSONResponse({"code": "blob.not_found", "detail": "no such content"}, 404,
                                 headers=cors)

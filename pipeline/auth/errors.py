@@ -9,7 +9,7 @@ caller sent: a token, a claim value or a header may be personal data.
 from __future__ import annotations
 
 from pipeline.apikeys import AuthError, Forbidden
-from pipeline.errors import DependencyUnavailable, PipelineError
+from pipeline.errors import DependencyUnavailable, ErrorKind, PipelineError
 
 __all__ = [
     "DelegateRequired",
@@ -123,4 +123,4 @@ class ReviewerRequired(PipelineError):
     `reviewer`)."""
 
     code = "auth.reviewer_required"
-    http_status = 422
+    kind = ErrorKind.UNPROCESSABLE

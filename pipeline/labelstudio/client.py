@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from pipeline.errors import PipelineError
+from pipeline.errors import ErrorKind, PipelineError
 
 #: the webhook events the receiver acts on; anything else is acknowledged and ignored
 WEBHOOK_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
@@ -18,15 +18,13 @@ class LabelStudioUnavailable(PipelineError):
     """Label Studio is unavailable."""
 
     code = "dependency.labelstudio"
-    http_status = 503
-    exit_code = 3
+    kind = ErrorKind.UNAVAILABLE
 
 
 class LabelStudioNotSetUp(PipelineError):
     """Label Studio is not set up: run `lookfirst labelstudio setup`."""
 
     code = "labelstudio.not_set_up"
-    exit_code = 2
 
 
 class LabelStudioClient:

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from models.base import ScoreResult
+from pipeline.api.errors import from_exception
 from pipeline.batching import MicroBatcher, Overloaded
 from tests.hostile import quadrants
 from tests.integration.api_conftest_helpers import (
@@ -540,7 +541,9 @@ def test_micro_batcher_sheds_past_its_bound() -> None:
             b.submit(np.zeros((1, 1, 3), np.uint8))
             with pytest.raises(Overloaded) as exc:
                 b.submit(np.zeros((1, 1, 3), np.uint8))
-            assert exc.value.headers["Retry-After"] == "1" and exc.value.http_status == 503
+            shed = from_exception(exc.value)
+            assert shed is not None and shed.status_code == 503
+            assert shed.headers["Retry-After"] == "1"
         finally:
             await b.stop()
 

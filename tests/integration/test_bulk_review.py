@@ -289,9 +289,7 @@ def test_two_reviewers_bulk_deciding_the_same_image_at_once_never_decide_an_item
 
 # ---- the command line ------------------------------------------------------------------------
 def test_cli_decide_bulk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import typer
-
-    from pipeline.cli_review_bulk import register
+    from pipeline.cli import app
     from pipeline.runtime import Runtime
     from pipeline.settings import Settings
     from review.service import Routing
@@ -311,10 +309,6 @@ def test_cli_decide_bulk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         rt.review.claim(s, reviewer_id="rita", item_id=ids[0])
     rt.db.dispose()
 
-    app = typer.Typer()
-    review_app = typer.Typer()
-    app.add_typer(review_app, name="review")
-    register(app)
     runner = CliRunner()
     refused = runner.invoke(app, ["review", "decide-bulk", str(ids[1]), "--reviewer", "rita",
                                   "--verdict", "benign", "--json"])

@@ -157,7 +157,7 @@ def test_registered_model_scores_like_the_checkpoint(trained: Trained, test_imag
     b = np.array([[r.scores[c] for c in CATEGORIES] for r in torch_scorer.score(test_images)])
     assert np.max(np.abs(a - b)) < 1e-4
     policy = synthetic_policy()
-    from pipeline.cli_models import policy_outcome
+    from pipeline.policy_tools import policy_outcome
 
     outcome = policy_outcome(policy)
     for ra, rb in zip(a, b, strict=True):

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.api.errors import HTTP_STATUS
 from pipeline.auth.errors import (
     JwksUnavailable,
     TokenAlgorithm,
@@ -260,7 +261,7 @@ def test_a_genuine_token_for_an_unknown_reviewer_is_refused(
     assert p.reviewer == "sam"
     with pytest.raises(UnknownReviewer) as info:
         verifier.authenticate(issuer.token(key, issuer.claims("mallory")), reviewer_known=known)
-    assert info.value.code == "auth.unknown_reviewer" and info.value.http_status == 403
+    assert info.value.code == "auth.unknown_reviewer" and HTTP_STATUS[info.value.kind] == 403
 
 
 # ---- keys: refresh on an unknown kid, with a floor; rotation; outages ---------------------------
@@ -304,7 +305,7 @@ def test_an_unreachable_issuer(issuer: LocalIssuer, ticker: Ticker) -> None:
     issuer.failing = 503
     with pytest.raises(JwksUnavailable) as info:
         v.verify(issuer.token(key, issuer.claims("alice")))
-    assert info.value.code == "auth.jwks_unavailable" and info.value.http_status == 503
+    assert info.value.code == "auth.jwks_unavailable" and HTTP_STATUS[info.value.kind] == 503
     # within the floor, not even a retry
     with pytest.raises(JwksUnavailable):
         v.verify(issuer.token(key, issuer.claims("alice")))

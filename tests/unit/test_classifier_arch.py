@@ -1,4 +1,4 @@
-"""Architectures, the networks built on them, and the policy glue the CLI uses."""
+"""Architectures and the networks built on them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.synthetic import CATEGORIES, need_torch, synthetic_policy
+from tests.synthetic import CATEGORIES, need_torch
 
 need_torch()
 
@@ -23,7 +23,6 @@ from models.classifier.arch import (  # noqa: E402
 )
 from models.classifier.preprocess import Preprocess  # noqa: E402
 from models.errors import UnknownArchitecture  # noqa: E402
-from pipeline.cli_models import policy_outcome, thresholds_in_force  # noqa: E402
 
 
 def test_the_issue_architectures_are_registered_and_duplicates_refused() -> None:
@@ -57,19 +56,6 @@ def test_normalisation_is_inside_the_network() -> None:
     assert out.shape == (1, 3, 32, 32)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert math.isclose(float(out[0, 0, 0, 0]), (1 - pre.mean[0]) / pre.std[0], rel_tol=1e-5)
-
-
-def test_policy_thresholds_move_with_context_as_in_production() -> None:
-    policy = synthetic_policy()
-    lookup = thresholds_in_force(policy)
-    plain = lookup({"medical_sharing": False, "upload_id": "ignored"})
-    medical = lookup({"medical_sharing": True})
-    assert plain == dict.fromkeys(CATEGORIES, 0.5)
-    assert medical == dict.fromkeys(CATEGORIES, 0.65)
-    outcome = policy_outcome(policy)
-    assert outcome(dict.fromkeys(CATEGORIES, 0.0)) == ("allow", "allow", "allow")
-    assert outcome({**dict.fromkeys(CATEGORIES, 0.0), CATEGORIES[0]: 0.95}) == (
-        "hold", "review", "hold")
 
 
 @pytest.mark.parametrize(("h", "w", "size"), [(90, 100, 48), (768, 1024, 224), (300, 451, 224)])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +15,12 @@ from models.classifier.evaluate import (
     average_precision,
     evaluate,
     fires,
+    read_summary,
     roc_auc,
     roc_curve,
     segments,
 )
+from models.errors import InvalidArgument
 
 
 def brute_auc(y: np.ndarray, s: np.ndarray) -> float:
@@ -77,3 +81,25 @@ def test_evaluate_reports_the_medical_headline() -> None:
     assert head["medical_sharing=false"]["benign_flagged"] == 1  # 0.6 >= 0.5
     assert head["medical_sharing=true"]["benign_flagged"] == 0  # 0.6 < 0.65
     assert result["per_category"]["c"]["thresholds_in_force"] == [0.5, 0.65]
+
+
+def test_an_evaluation_summary_drops_the_curves_and_refuses_what_is_not_one(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "evaluation.json"
+    path.write_text(json.dumps({
+        "model_version": "m@sha256:ab", "split": "test", "n": 3, "macro": {"ece": 0.1},
+        "headline": [], "per_category": {"c": {"precision": 0.5, "curves": {"pr": [1, 2]}}},
+        "notes": {"data": "x"},
+    }), encoding="utf-8")
+    assert read_summary(path) == {
+        "model_version": "m@sha256:ab", "split": "test", "n": 3, "macro": {"ece": 0.1},
+        "headline": [], "per_category": {"c": {"precision": 0.5}},
+    }
+    for text in ("{not json", "[1, 2]"):
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(InvalidArgument) as exc:
+            read_summary(path)
+        assert exc.value.code == "input.invalid"
+    with pytest.raises(InvalidArgument, match="cannot read"):
+        read_summary(tmp_path / "absent.json")

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from pipeline.api.errors import HTTP_STATUS
 from pipeline.auth.errors import DelegateRequired, ReviewerBound, ReviewerRequired
 from pipeline.auth.principal import DELEGATE, Principal, PrincipalKind, token_credential
 
@@ -61,7 +62,7 @@ def test_a_bound_credential_acts_as_its_reviewer_and_names_no_one() -> None:
     for named in ("bob", "alice"):  # not even itself: the header would suggest it mattered
         with pytest.raises(ReviewerBound) as info:
             alice.acting(named)
-        assert info.value.code == "auth.reviewer_bound" and info.value.http_status == 403
+        assert info.value.code == "auth.reviewer_bound" and HTTP_STATUS[info.value.kind] == 403
 
 
 def test_an_unbound_credential_without_delegate_acts_for_no_one() -> None:
@@ -77,7 +78,7 @@ def test_a_delegate_acts_for_the_reviewer_it_names_and_says_so() -> None:
     console = _key(7, "review", DELEGATE)
     with pytest.raises(ReviewerRequired) as info:
         console.acting(None)
-    assert info.value.code == "auth.reviewer_required" and info.value.http_status == 422
+    assert info.value.code == "auth.reviewer_required" and HTTP_STATUS[info.value.kind] == 422
     with pytest.raises(ReviewerRequired):
         console.acting("not a reviewer id!")
     as_alice = console.acting("alice")

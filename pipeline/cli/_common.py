@@ -1,0 +1,180 @@
+"""What every command group shares: the consoles and progress bars, the exit codes and the one
+table from an error's kind to its exit code, `JsonOpt`, the settings and runtime, `emit`, and
+`guarded`.
+
+Exit codes: 0 ok, 1 a check failed (audit verify), 2 the user's input was refused, 3 an external
+dependency (database, model, webhook) is unavailable.  Errors are one JSON object
+`{"error": {"code", "detail"}}` with --json, a red line otherwise, never a traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn, ParamSpec
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from sqlalchemy.exc import OperationalError
+
+from models.errors import CodedError
+from pipeline.errors import ConfigurationError, ErrorKind
+from pipeline.settings import Settings
+from review.errors import ReviewError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from pipeline.runtime import Runtime
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+
+
+class Exit(enum.IntEnum):
+    OK = 0
+    CHECK_FAILED = 1
+    USER_ERROR = 2
+    DEPENDENCY = 3
+
+
+#: an error's kind -> the exit code: the one place the CLI decides one (the API's statuses are
+#: in pipeline.api.errors.HTTP_STATUS)
+EXIT_CODES: Final[Mapping[ErrorKind, Exit]] = {
+    ErrorKind.INVALID: Exit.USER_ERROR,
+    ErrorKind.UNPROCESSABLE: Exit.USER_ERROR,
+    ErrorKind.TOO_LARGE: Exit.USER_ERROR,
+    ErrorKind.UNSUPPORTED_MEDIA: Exit.USER_ERROR,
+    ErrorKind.UNAUTHENTICATED: Exit.USER_ERROR,
+    ErrorKind.FORBIDDEN: Exit.USER_ERROR,
+    ErrorKind.NOT_FOUND: Exit.USER_ERROR,
+    ErrorKind.CONFLICT: Exit.USER_ERROR,
+    ErrorKind.LIMITED: Exit.USER_ERROR,
+    ErrorKind.UNAVAILABLE: Exit.DEPENDENCY,
+    ErrorKind.CHECK_FAILED: Exit.CHECK_FAILED,
+}
+
+out = Console()
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def group(name: str, help: str) -> typer.Typer:
+    """A named command group (`lookfirst NAME ...`); __init__ adds it to the app."""
+    return typer.Typer(name=name, no_args_is_help=True, help=help)
+
+
+def commands() -> typer.Typer:
+    """Top-level commands of one module (`lookfirst score`); __init__ merges them into the app."""
+    return typer.Typer()
+
+
+# ---- errors -> exit codes ---------------------------------------------------------------------
+def failure(exc: BaseException) -> tuple[str, str, Exit] | None:
+    """(code, detail, exit code) for an error we expect, None for anything else (a bug)."""
+    if isinstance(exc, CodedError | ReviewError):
+        return exc.code, exc.detail, EXIT_CODES[ErrorKind(exc.kind)]
+    if isinstance(exc, OperationalError):
+        log.debug("database unavailable", exc_info=True)
+        return ("dependency.database",
+                f"the database is unavailable ({type(exc.orig).__name__})", Exit.DEPENDENCY)
+    if isinstance(exc, ValidationError):
+        return "config.invalid", str(exc).splitlines()[0], Exit.USER_ERROR
+    return None
+
+
+def fail(code: str, detail: str, exit_code: int, as_json: bool) -> NoReturn:
+    if as_json:
+        out.print_json(json.dumps({"error": {"code": code, "detail": detail}}))
+    else:
+        err.print(f"[red]error[/red] [bold]{code}[/bold]: {detail}", highlight=False)
+    raise typer.Exit(exit_code)
+
+
+def guarded(body: Callable[P, int | None]) -> Callable[P, None]:
+    """Make a command of `body`: run it, exit with the code it returns (None: 0), and map every
+    error we expect to its code and exit code, so that no traceback reaches the user.
+
+    A body with an `as_json` parameter gets its errors as JSON when it is set.
+    """
+
+    @functools.wraps(body)
+    def command(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            code = body(*args, **kwargs)
+        except Exception as exc:
+            found = failure(exc)
+            if found is None:
+                raise
+            fail(*found, as_json=bool(kwargs.get("as_json", False)))
+        raise typer.Exit(int(code or Exit.OK))
+
+    return command
+
+
+# ---- settings, runtime, output ----------------------------------------------------------------
+def settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigurationError(
+            f"LOOKFIRST_{str(first['loc'][0]).upper()}: {first['msg']}"
+        ) from None
+
+
+def runtime() -> Runtime:
+    from pipeline.runtime import Runtime
+
+    rt = Runtime(settings())
+    rt.db.upgrade()  # idempotent: a fresh laptop needs no separate step
+    return rt
+
+
+def emit(obj: Any, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    else:
+        out.print(obj)
+
+
+class BarProgress:
+    """models.classifier.progress.Progress drawn as rich bars on stderr."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.tasks: dict[str, Any] = {}
+
+    def start(self, key: str, description: str, total: int | None) -> None:
+        if key in self.tasks:
+            self.bar.reset(self.tasks[key], total=total, description=description, visible=True)
+        else:
+            self.tasks[key] = self.bar.add_task(description, total=total)
+
+    def advance(self, key: str, steps: int = 1) -> None:
+        if key in self.tasks:
+            self.bar.advance(self.tasks[key], steps)
+
+    def note(self, message: str) -> None:
+        self.bar.console.print(message, highlight=False)
+
+
+def progress_bar(as_json: bool) -> Progress:
+    """Bars with counts and times on stderr; they vanish when stdout carries --json."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=as_json)
