@@ -143,8 +143,8 @@ class _Generation:
         self.size = need
 
     def live_positions(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
-        held = self.ids[: self.size]
-        hit = np.isin(held, ids) & ~self.dead[: self.size]
+        # a scan of every position (a few ms at a million): removals are rare, lookups are not
+        hit = np.isin(self.ids[: self.size], ids) & ~self.dead[: self.size]
         return np.flatnonzero(hit)
 
     def codes(self, start: int, stop: int) -> npt.NDArray[np.uint8]:
@@ -190,19 +190,19 @@ class PdqIndex:
         self._lock = _RWLock()
         self._rebuilding = threading.Lock()
         self._gen = _Generation(self.nflip)
+        #: the ids of live entries, for an O(1) "already indexed?" on every add
+        self._live: set[int] = set()
         self.rebuilds = 0
 
     # ---- reading --------------------------------------------------------------------------
     def __len__(self) -> int:
         """Live entries (indexed and not removed)."""
         with self._lock.read():
-            return self._gen.size - self._gen.n_dead
+            return len(self._live)
 
     def __contains__(self, entry_id: object) -> bool:
-        if not isinstance(entry_id, int):
-            return False
         with self._lock.read():
-            return bool(len(self._gen.live_positions(np.array([entry_id], np.int64))))
+            return entry_id in self._live
 
     def stats(self) -> dict[str, int]:
         with self._lock.read():
@@ -329,9 +329,10 @@ class PdqIndex:
         once[first] = True
         ok &= once
         with self._lock.write():
-            g = self._gen
-            ok &= ~np.isin(ids, g.ids[: g.size][~g.dead[: g.size]])
-            g.append(ids[ok], codes[ok])
+            live = self._live
+            ok &= np.fromiter((i not in live for i in ids.tolist()), np.bool_, len(ids))
+            self._gen.append(ids[ok], codes[ok])
+            live.update(ids[ok].tolist())
         return int(ok.sum())
 
     def remove(self, entry_id: int) -> bool:
@@ -340,16 +341,19 @@ class PdqIndex:
 
     def remove_many(self, entry_ids: Iterable[int]) -> int:
         """Tombstone entries (they stop matching at once); rebuild once tombstones pile up."""
-        ids = np.fromiter(entry_ids, dtype=np.int64)
         with self._lock.write():
+            ids = np.fromiter({int(i) for i in entry_ids} & self._live, dtype=np.int64)
+            if not len(ids):
+                return 0
             g = self._gen
             pos = g.live_positions(ids)
             g.dead[pos] = True
             g.n_dead += len(pos)
+            self._live.difference_update(ids.tolist())
             due = g.n_dead >= max(self.rebuild_min, self.rebuild_ratio * g.size)
-        if due and len(pos):
+        if due:
             self.rebuild()
-        return len(pos)
+        return len(ids)
 
     def rebuild(self) -> bool:
         """Rebuild the faiss index without its tombstones; False if another thread is already
