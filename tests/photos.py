@@ -121,6 +121,7 @@ def tilt(degrees: float) -> Edit:
 SURVIVES: Final[dict[str, tuple[Edit, int]]] = {
     "half size": (half_size, 90),
     "JPEG quality 30": (unchanged, 30),
+    "half size at quality 30": (half_size, 30),  # the re-sent photo of the motivating case
     "greyscale": (greyscale, 90),
     "mirror": (mirror, 90),
     "90° turn": (turn_90, 90),

@@ -214,7 +214,7 @@ class PdqIndex:
         self, query: HashLike, *, quality: int | None = None, threshold: int | None = None
     ) -> list[Match]:
         """Entries within the threshold of one hash, nearest first (ties by entry id)."""
-        return self.search_many([query], quality=quality, threshold=threshold)[0]
+        return self._search(_one(query)[None], quality, threshold, exact=False)[0]
 
     def search_many(
         self,

@@ -95,7 +95,7 @@ def test_large_images_are_reduced_first_at_little_cost() -> None:
     big = np.asarray(Image.fromarray(sample("astronaut")).resize((2600, 2600)))
     full, reduced = pdq_hash(big, max_side=None), pdq_hash(big)
     assert reduced.quality == full.quality == 100
-    assert hamming(full.hash, reduced.hash) <= 8  # measured 0-4 on the photos in docs/pdq.md
+    assert hamming(full.hash, reduced.hash) <= 8  # measured 0-6 on the photos in docs/pdq.md
 
 
 def test_only_rgb_bytes_are_hashed() -> None:
@@ -139,7 +139,7 @@ def test_reshared_copies_match_their_original(name: str, edit: str) -> None:
     copy = pdq_dihedral(decode(reshared(sample(name), fn, quality=quality)))
     assert original.quality >= QUALITY_FLOOR and copy.quality >= QUALITY_FLOOR
     assert _best(copy, original) <= MATCH_THRESHOLD
-    if edit in ("half size", "JPEG quality 30", "greyscale"):
+    if edit not in ("mirror", "90° turn"):
         # no dihedral help needed: the upload's own hash is near
         assert hamming(copy.original.hash, original.hash) <= MATCH_THRESHOLD
 
