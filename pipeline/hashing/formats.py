@@ -173,7 +173,7 @@ def _read_typed_lines(
         text = raw.strip()
         if not text or text.startswith("#"):
             continue
-        kind, _, value = text.partition(" ")
+        kind, _, value = text.replace("\t", " ").partition(" ")
         if not value.strip():
             raise BankFileError(
                 "expected `signal_type signal` (e.g. `pdq 0f1e...`), a CSV header or JSON", line=m

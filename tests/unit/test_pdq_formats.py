@@ -73,7 +73,7 @@ def test_unknown_format() -> None:
 
 # ---- HMA / python-threatexchange / ThreatExchange -----------------------------------------
 def test_threatexchange_file_exchange_lines() -> None:
-    got = _read(f"pdq {PDQ_A}\n\nvideo_md5 d41d8cd98f00b204e9800998ecf8427e\nSHA256 {SHA_A}\n",
+    got = _read(f"pdq {PDQ_A}\n\nvideo_md5 d41d8cd98f00b204e9800998ecf8427e\nSHA256\t{SHA_A}\n",
                 "hma")
     assert [(r.signal_type, r.value, r.supported, r.line) for r in got] == [
         ("pdq", PDQ_A, True, 1),
