@@ -13,9 +13,11 @@ source's files and the blob store: use fsspec URLs and a shared store there).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,8 +36,9 @@ logger = logging.getLogger(__name__)
 
 #: the version this engine is tested with (pyproject's `cluster` extra pins it)
 RAY_VERSION = "2.60.0"
-# Ray's unix socket paths live under its temp dir and must stay below ~107 bytes
-_MAX_TEMP_DIR = 60
+# Ray's unix socket paths (<temp>/session_<date>_<pid>/sockets/plasma_store, ~60 bytes past
+# the temp dir) must stay below the 107-byte limit of a socket path
+_MAX_TEMP_DIR = 45
 
 
 def _import_ray() -> Any:
@@ -52,27 +55,39 @@ def _import_ray() -> Any:
     return ray
 
 
-def _temp_dir(data_dir: Path) -> str:
+def _temp_dir(data_dir: Path) -> tuple[str, bool]:
+    """Ray's temporary folder, and whether it is a private one to remove afterwards."""
     wanted = (data_dir / "ray").resolve()
     if len(str(wanted)) <= _MAX_TEMP_DIR:
         wanted.mkdir(parents=True, exist_ok=True)
-        return str(wanted)
+        return str(wanted), False
     # the data dir is too deep for Ray's socket paths: a short private folder instead
-    return tempfile.mkdtemp(prefix="lookfirst-ray-")
+    return tempfile.mkdtemp(prefix="lookfirst-ray-"), True
 
 
-def start(ray: Any, *, address: str | None, cpus: int, data_dir: Path) -> bool:
-    """Join `address`, or start a local Ray; True when this call started it."""
+@contextlib.contextmanager
+def started(ray: Any, *, address: str | None, cpus: int, data_dir: Path) -> Iterator[None]:
+    """Join `address`, or start a local Ray, for the length of the block (a Ray already
+    initialised by the caller is used as it is and left running)."""
     if ray.is_initialized():
-        return False
+        yield
+        return
+    private: str | None = None
     if address:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
-        return True
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-             configure_logging=False, _temp_dir=_temp_dir(data_dir),
-             object_store_memory=512 * 1024 * 1024)
-    return True
+    else:
+        temp, own = _temp_dir(data_dir)
+        private = temp if own else None
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, _temp_dir=temp,
+                 object_store_memory=512 * 1024 * 1024)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
 
 
 def _windows(job: _Job, window_rows: int) -> Iterator[list[_Batch]]:
@@ -91,9 +106,8 @@ def _windows(job: _Job, window_rows: int) -> Iterator[list[_Batch]]:
 def run_ray(job: _Job, spec: PredictorSpec, workers: int, progress: JobProgress) -> None:
     ray = _import_ray()
     options = job.options
-    started = start(ray, address=options.ray_address, cpus=workers,
-                    data_dir=job.rt.settings.data_dir)
-    try:
+    with started(ray, address=options.ray_address, cpus=workers,
+                 data_dir=job.rt.settings.data_dir):
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         gpus = float(ray.cluster_resources().get("GPU", 0))
@@ -136,7 +150,4 @@ def run_ray(job: _Job, spec: PredictorSpec, workers: int, progress: JobProgress)
             if waiting:  # pragma: no cover - Ray lost rows without raising
                 raise EngineUnavailable(f"Ray returned no prediction for {len(waiting)} rows")
             assert all(finished)
-    finally:
-        if started:
-            ray.shutdown()
 
