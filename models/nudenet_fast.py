@@ -382,8 +382,12 @@ def measure(
     thresholds: Mapping[str, Sequence[float]],
     threads: int = 1,
     bar: AgreementBar = BAR,
+    judged_by: str = "",
 ) -> DetectorAgreement:
-    """Score the held-out set with fp32 and the variant; record the figures in its card."""
+    """Score the held-out set with fp32 and the variant; record the figures in its card.
+
+    `judged_by` names what `outcome` applies (a policy and its version): outcomes depend on
+    it, so a card measured under another policy is measured again before it is trusted."""
     reference = _score_all(NudeNetScorer(threads=threads), held_out)
     scorer = load_variant(variant, root=root, threads=threads)
     found = detector_agreement(reference, _score_all(scorer, held_out), outcome=outcome,
@@ -399,6 +403,7 @@ def measure(
         "agreement_vs_fp32": found.as_dict(),
         "bar": asdict(bar),
         "passed": found.meets(bar),
+        "judged_by": judged_by,
         "held_out": {"images": len(held_out), "seed": HELD_OUT_SEED,
                      "what": "benign photos (scikit-image data, samples/) cropped, flipped, "
                              "rescaled, recoloured and tiled at 1024x768"},
@@ -411,18 +416,12 @@ def measure(
     return found
 
 
-def usable(variant: str, root: Path) -> bool:
-    """The variant's card exists, passed the bar, and was measured on this kind of CPU."""
+def usable(variant: str, root: Path, judged_by: str = "") -> bool:
+    """The variant's card exists, passed the bar, and was measured on this kind of CPU under
+    the same policy."""
     if variant == FP32:
         return True
-    try:
-        card = read_card(root / variant)
-    except ModelError:
-        return False
-    machine = card.get("machine", {})
-    now = _machine()
-    same_cpu = all(machine.get(k) == now[k] for k in ("amx_bf16", "avx512_bf16", "openvino"))
-    return bool(card.get("passed")) and same_cpu
+    return _measured_here(root / variant, judged_by) and bool(read_card(root / variant)["passed"])
 
 
 def candidates(variant: str) -> tuple[str, ...]:
@@ -446,6 +445,7 @@ def select_variant(
     sample_folders: Sequence[Path] = (),
     measure_missing: bool = True,
     threads: int = 1,
+    judged_by: str = "",
 ) -> str:
     """The variant to run: the first candidate whose measured agreement passes the bar.
 
@@ -455,9 +455,9 @@ def select_variant(
     """
     sets: tuple[list[RGBImage], list[RGBImage]] | None = None
     for name in candidates(variant):
-        if name == FP32 or usable(name, root):
+        if name == FP32 or usable(name, root, judged_by):
             return name
-        if (root / name / CARD_FILE).exists() and _measured_here(root / name):
+        if _measured_here(root / name, judged_by):
             logger.warning("variant below the agreement bar; not used", extra={"variant": name})
             continue
         if not measure_missing:
@@ -468,25 +468,25 @@ def select_variant(
             if name == INT8_MIXED:
                 build_int8(root, sets[0], threads=threads)
             measure(name, root=root, held_out=sets[1], outcome=outcome, thresholds=thresholds,
-                    threads=threads)
+                    threads=threads, judged_by=judged_by)
         except ModelError as exc:
             logger.warning("variant unavailable", extra={"variant": name, "error": exc.code})
             continue
-        if usable(name, root):
+        if usable(name, root, judged_by):
             return name
     return FP32
 
 
-def _measured_here(model_dir: Path) -> bool:
+def _measured_here(model_dir: Path, judged_by: str = "") -> bool:
+    """A card with figures measured on this kind of CPU (and runtime), under `judged_by`."""
     try:
         card = read_card(model_dir)
     except ModelError:
         return False
     machine = card.get("machine", {})
     now = _machine()
-    return "passed" in card and all(
-        machine.get(k) == now[k] for k in ("amx_bf16", "avx512_bf16", "openvino")
-    )
+    return ("passed" in card and card.get("judged_by", "") == judged_by
+            and all(machine.get(k) == now[k] for k in ("amx_bf16", "avx512_bf16", "openvino")))
 
 
 def describe(root: Path) -> dict[str, Any]:

@@ -113,7 +113,13 @@ def resolve_model(rt: Runtime, requested: str, *, measure: bool = True) -> str:
         sample_folders=[SAMPLES] if SAMPLES.is_dir() else [],
         measure_missing=measure,
         threads=max(1, os.cpu_count() or 1),
+        judged_by=policy_id(rt.policy),
     )
+
+
+def policy_id(policy: Policy) -> str:
+    """What a variant's agreement was judged under: outcomes depend on the policy's rules."""
+    return f"{policy.name} {policy.version} sha256:{policy.digest[:12]}"
 
 
 def predictor_spec(rt: Runtime, model: str, *, threads: int) -> PredictorSpec:
