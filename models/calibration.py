@@ -13,6 +13,7 @@ import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -48,6 +49,7 @@ def _rgb(a: npt.NDArray[np.generic]) -> RGBImage:
 def base_photos(folders: Sequence[Path] = ()) -> list[RGBImage]:
     """Every benign base photo available here: scikit-image's, then each folder's JPEGs."""
     photos: list[RGBImage] = []
+    skdata: Any
     try:
         import skimage.data as skdata
     except ImportError:  # scikit-image is a dev dependency; the folders still work

@@ -46,12 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         rt.db.upgrade()  # idempotent, as `lookfirst` does
         result = run_job(rt, args.source, args.out, options)
     except PipelineError as exc:
-        print(json.dumps({"error": {"code": exc.code, "detail": exc.detail}}), file=sys.stderr)
+        sys.stderr.write(json.dumps({"error": {"code": exc.code, "detail": exc.detail}}) + "\n")
         return exc.exit_code
     finally:
         if rt is not None:
             rt.close()
-    print(json.dumps(result.summary, sort_keys=True))
+    sys.stdout.write(json.dumps(result.summary, sort_keys=True) + "\n")
     return 0
 
 

@@ -37,7 +37,7 @@ class JobLocked(PipelineError):
 
 
 class EngineUnavailable(PipelineError):
-    """The requested engine cannot run here (e.g. Ray is not installed: pip install '.[cluster]')."""
+    """The requested engine cannot run here (the Ray engine needs the `cluster` extra)."""
 
     code = "batch.engine_unavailable"
     exit_code = 3

@@ -112,42 +112,41 @@ def run_ray(job: _Job, spec: PredictorSpec, workers: int, progress: JobProgress)
         ctx.enable_progress_bars = False
         gpus = float(ray.cluster_resources().get("GPU", 0))
         for window in _windows(job, options.ray_window):
-            waiting: dict[int, int] = {}  # ordinal -> index of its batch in the window
-            missing = [len(b.to_model) for b in window]
-            got: list[list[Prediction]] = [[] for _ in window]
-            items: list[dict[str, Any]] = []
-            for i, b in enumerate(window):
-                for r in b.to_model:
-                    waiting[r.ordinal] = i
-                    items.append({"ordinal": r.ordinal, "location": r.location or ""})
-            finished = [False] * len(window)
+            _run_window(ray, job, window, spec, workers, gpus, progress)
 
-            def flush(i: int) -> None:
-                finished[i] = True
+
+def _run_window(ray: Any, job: _Job, window: list[_Batch], spec: PredictorSpec, workers: int,
+                gpus: float, progress: JobProgress) -> None:
+    """One dataset through the actor pool; each batch is recorded as soon as it is whole."""
+    waiting: dict[int, int] = {}  # ordinal -> index of its batch in the window
+    missing = [len(b.to_model) for b in window]
+    got: list[list[Prediction]] = [[] for _ in window]
+    items: list[dict[str, Any]] = []
+    for i, b in enumerate(window):
+        for r in b.to_model:
+            waiting[r.ordinal] = i
+            items.append({"ordinal": r.ordinal, "location": r.location or ""})
+    for i, n in enumerate(missing):
+        if n == 0:
+            progress.advance(job.finish(window[i], []))
+    if not items:
+        return
+    ds = ray.data.from_items(items).map_batches(
+        Predictor,
+        fn_constructor_kwargs={"spec": spec},
+        batch_size=job.options.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=0 if gpus else 1,
+        num_gpus=1 if gpus else 0,
+    )
+    for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for p in Prediction.from_batch(out):
+            i = waiting.pop(p.ordinal)
+            got[i].append(p)
+            missing[i] -= 1
+            if missing[i] == 0:
                 progress.advance(job.finish(window[i], got[i]))
-
-            for i, n in enumerate(missing):
-                if n == 0:
-                    flush(i)
-            if not items:
-                continue
-            ds = ray.data.from_items(items).map_batches(
-                Predictor,
-                fn_constructor_kwargs={"spec": spec},
-                batch_size=options.batch_size,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=workers),
-                num_cpus=0 if gpus else 1,
-                num_gpus=1 if gpus else 0,
-            )
-            for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                for p in Prediction.from_batch(out):
-                    i = waiting.pop(p.ordinal)
-                    got[i].append(p)
-                    missing[i] -= 1
-                    if missing[i] == 0:
-                        flush(i)
-            if waiting:  # pragma: no cover - Ray lost rows without raising
-                raise EngineUnavailable(f"Ray returned no prediction for {len(waiting)} rows")
-            assert all(finished)
+    if waiting:  # pragma: no cover - Ray lost rows without raising
+        raise EngineUnavailable(f"Ray returned no prediction for {len(waiting)} rows")
 

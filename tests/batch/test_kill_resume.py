@@ -21,11 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import func, select
 
+from pipeline.settings import DEMO_POLICY
 from review import audit
 from review.db import Database
 from review.schema import Decision, ReviewItem, Upload
 from review.states import ItemKind
-from pipeline.settings import DEMO_POLICY
 from tests.batch.conftest import ROOT, ImageSet, make_image_set
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]

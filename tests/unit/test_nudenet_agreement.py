@@ -7,8 +7,8 @@ from collections.abc import Mapping
 import pytest
 
 from models.base import ScoreResult
-from models.nudenet_fast import BAR, FP32, INT8_MIXED, candidates, detector_agreement
 from models.errors import ModelError
+from models.nudenet_fast import BAR, FP32, INT8_MIXED, candidates, detector_agreement
 
 
 def r(**scores: float) -> ScoreResult:
