@@ -32,7 +32,12 @@ from models.calibration import (
     base_photos,
     derived_images,
 )
-from models.errors import ModelDigestMismatch, ModelError, ModelFileMissing
+from models.errors import (
+    ModelDependencyMissing,
+    ModelDigestMismatch,
+    ModelError,
+    ModelFileMissing,
+)
 from models.nudenet import FloatArray, NudeNetScorer
 
 logger = logging.getLogger(__name__)
@@ -332,7 +337,11 @@ def _score_all(scorer: Scorer, images: Sequence[RGBImage], batch: int = 8) -> li
 
 def build_int8(root: Path, calibration: Sequence[RGBImage], *, threads: int = 1) -> Path:
     """Quantise the fp32 weights (convolutions outside INT8_KEEP_PREFIXES) into root/int8-mixed."""
-    import onnx
+    try:
+        import onnx
+    except ImportError as exc:  # the torch extra brings onnx; without it, no int8 variant
+        raise ModelDependencyMissing("building the int8 variant needs the `onnx` package"
+                                     ) from exc
 
     from models.classifier.quantize import quantize_onnx
 
@@ -383,12 +392,15 @@ def measure(
     threads: int = 1,
     bar: AgreementBar = BAR,
     judged_by: str = "",
+    reference: Sequence[ScoreResult] | None = None,
 ) -> DetectorAgreement:
     """Score the held-out set with fp32 and the variant; record the figures in its card.
 
     `judged_by` names what `outcome` applies (a policy and its version): outcomes depend on
-    it, so a card measured under another policy is measured again before it is trusted."""
-    reference = _score_all(NudeNetScorer(threads=threads), held_out)
+    it, so a card measured under another policy is measured again before it is trusted.
+    `reference`: fp32's results on `held_out`, when the caller has them already."""
+    if reference is None:
+        reference = _score_all(NudeNetScorer(threads=threads), held_out)
     scorer = load_variant(variant, root=root, threads=threads)
     found = detector_agreement(reference, _score_all(scorer, held_out), outcome=outcome,
                                thresholds=thresholds, margin=bar.margin)
