@@ -17,6 +17,7 @@ import itertools
 import logging
 import multiprocessing as mp
 import os
+import resource
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -297,7 +298,10 @@ def run_job(rt: Runtime, source_spec: str, out: Path, options: JobOptions) -> Jo
         summary.update({"source": source.spec, "model": model,
                         "policy_version": rt.policy.version, "runs": job_dir.runs,
                         "last_run": {**job.counters,
-                                     "seconds": round(time.monotonic() - started, 2)}})
+                                     "seconds": round(time.monotonic() - started, 2),
+                                     # this process only (Linux reports KiB): flat = streamed
+                                     "peak_rss_mib": round(resource.getrusage(
+                                         resource.RUSAGE_SELF).ru_maxrss / 1024)}})
         write_summary(out, summary)
         return JobResult(out=out, model_version=model_version, summary=summary,
                          run=job_dir.runs, counters=dict(job.counters),

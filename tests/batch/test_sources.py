@@ -113,6 +113,7 @@ def test_folder_is_walked_in_a_stable_order(tmp_path: Path) -> None:
     rows = list(open_source(str(tmp_path)).rows())
     assert [r.label for r in rows] == ["a/c.jpg", "a/z.png", "b.jpg"]
     assert [r.ordinal for r in rows] == [0, 1, 2]
+    assert open_source(str(tmp_path)).count() == 3
     assert rows[0].upload_id == f"file:{tmp_path / 'a/c.jpg'}"
     assert _same(list(open_source(f"file://{tmp_path}").rows())) == _same(rows)
 
