@@ -266,7 +266,10 @@ def _run_local(job: _Job, spec: PredictorSpec, workers: int, progress: JobProgre
 
 
 def run_job(rt: Runtime, source_spec: str, out: Path, options: JobOptions) -> JobResult:
-    """Run (or resume) one batch job to the end; returns its summary."""
+    """Run (or resume) one batch job to the end; returns its summary.
+
+    The local engine spawns its worker processes: a script that calls this must do so under
+    `if __name__ == "__main__":` (as every spawn-based multiprocessing program must)."""
     started = time.monotonic()
     source = open_source(source_spec)
     job_dir = JobDir(out, source.fingerprint(), resume=options.resume)
