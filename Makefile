@@ -22,7 +22,7 @@ $(VENV)/.installed-run: pyproject.toml
 
 # what the tests need on top: test tools and PyTorch (a CUDA build; it runs on the CPU)
 $(VENV)/.installed-test: $(VENV)/.installed-run
-	$(PIP) -e ".[labelstudio,torch,dev]"
+	$(PIP) -e ".[labelstudio,torch,cluster,fast,dev]"
 	@touch $@
 
 # training your own classifier needs PyTorch only

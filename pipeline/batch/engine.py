@@ -1,0 +1,314 @@
+"""The batch job: a source in, decisions recorded and Parquet parts out; local or on Ray.
+
+The local engine is a pipeline with bounded stages.  The main process streams the source,
+drops rows a committed part already holds, asks the database which uploads are already
+decided (those never reach the model), and hands each batch to a pool of worker processes
+(read, safe decode, blob store, model: `Predictor`).  At most `in_flight` batches per worker
+are out at a time, so memory is bounded and the workers are never idle while the main
+process records the oldest finished batch (one transaction per batch) and appends its rows
+to the current Parquet part.  On two cores, two data-parallel workers with one model thread
+each beat one decode thread feeding a two-thread model (ENVIRONMENT.md), hence one
+process per core by default.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing as mp
+import os
+import resource
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import numpy as np
+
+from pipeline.batch.errors import EngineUnavailable
+from pipeline.batch.output import PartWriter, summarize, write_summary
+from pipeline.batch.predictor import Prediction, Predictor, PredictorSpec, rows_to_batch
+from pipeline.batch.progress import JobProgress
+from pipeline.batch.recorder import BatchRecorder, error_row
+from pipeline.batch.resume import JobDir
+from pipeline.batch.sources import Source, SourceRow, open_source
+from pipeline.errors import DependencyUnavailable
+from pipeline.policy import Context, Policy
+from pipeline.runtime import Runtime
+
+__all__ = ["JobOptions", "JobResult", "resolve_model", "run_job"]
+
+logger = logging.getLogger(__name__)
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    engine: Literal["local", "ray"] = "local"
+    #: worker processes (local) or actors (Ray); 0: one per core
+    workers: int = 0
+    #: images per model call, and decisions per transaction
+    batch_size: int = 16
+    #: batches out per worker at a time (the bound between dispatch and recording)
+    in_flight: int = 2
+    #: auto (the fastest variant whose measured agreement passes the bar), fp32, ov-bf16,
+    #: int8-mixed; ignored when the runtime's scorer is not NudeNet
+    model: str = "auto"
+    resume: bool = False
+    part_rows: int = 2048
+    part_seconds: float = 30.0
+    progress: bool | None = None
+    #: measure a never-measured variant before choosing (else: fp32 until it is measured)
+    measure_model: bool = True
+    #: append each ordinal sent to the model to this file (tests check exactly-once with it)
+    trace: Path | None = None
+    ray_address: str | None = None
+    #: rows per Ray dataset (the driver streams the source in windows of this size)
+    ray_window: int = 10_000
+
+
+@dataclass
+class JobResult:
+    out: Path
+    model_version: str
+    summary: dict[str, Any]
+    run: int
+    #: this run's rows: skipped (already in a part), answered from the store, sent to the model
+    counters: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+
+def _policy_outcome(policy: Policy) -> Any:
+    context = Context()
+
+    def outcome(scores: Mapping[str, float]) -> str:
+        return policy.evaluate(scores, context, content_sha256="0" * 64).outcome
+
+    return outcome
+
+
+def _policy_thresholds(policy: Policy) -> dict[str, list[float]]:
+    return {
+        name: [t for t in (c.thresholds.review, c.thresholds.hold) if t is not None and t < 1.0]
+        for name, c in policy.categories.items()
+    }
+
+
+def resolve_model(rt: Runtime, requested: str, *, measure: bool = True) -> str:
+    """Which model the job runs: a NudeNet variant chosen by measured agreement, or the
+    runtime's own scorer when that is not NudeNet."""
+    if rt.settings.scorer != "nudenet-320n":
+        return rt.settings.scorer
+    from models import nudenet_fast
+
+    return nudenet_fast.select_variant(
+        requested,
+        root=rt.settings.data_dir / "models",
+        outcome=_policy_outcome(rt.policy),
+        thresholds=_policy_thresholds(rt.policy),
+        sample_folders=[SAMPLES] if SAMPLES.is_dir() else [],
+        measure_missing=measure,
+        threads=max(1, os.cpu_count() or 1),
+        judged_by=policy_id(rt.policy),
+    )
+
+
+def policy_id(policy: Policy) -> str:
+    """What a variant's agreement was judged under: outcomes depend on the policy's rules."""
+    return f"{policy.name} {policy.version} sha256:{policy.digest[:12]}"
+
+
+def predictor_spec(rt: Runtime, model: str, *, threads: int) -> PredictorSpec:
+    s = rt.settings
+    return PredictorSpec(model=model, model_root=str(s.data_dir / "models"), threads=threads,
+                         max_bytes=s.max_upload_bytes, max_pixels=s.max_pixels,
+                         blob_dir=str(s.blob_dir))
+
+
+def _pending_batches(source: Source, job: JobDir, size: int) -> Iterator[list[SourceRow]]:
+    """The source's rows that no committed part holds, in batches."""
+    rows = source.rows()
+    while True:
+        chunk = list(itertools.islice(rows, size))
+        if not chunk:
+            return
+        done = job.is_done(np.fromiter((r.ordinal for r in chunk), dtype=np.int64,
+                                       count=len(chunk)))
+        todo = [r for r, d in zip(chunk, done, strict=True) if not d]
+        yield todo if todo else []
+
+
+class _Trace:
+    def __init__(self, path: Path | None) -> None:
+        self._fh: IO[str] | None = open(path, "a") if path else None  # noqa: SIM115
+
+    def sent(self, rows: Sequence[SourceRow]) -> None:
+        if self._fh is not None and rows:
+            self._fh.write("".join(f"{r.ordinal}\n" for r in rows))
+            self._fh.flush()  # to the kernel: a kill -9 of this process does not lose it
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+
+@dataclass
+class _Batch:
+    rows: list[SourceRow]
+    stored: dict[int, dict[str, Any]]
+    to_model: list[SourceRow]
+    future: Future[dict[str, Any]] | None = None
+
+
+class _Job:
+    """What both engines share: dispatch bookkeeping, recording and output."""
+
+    def __init__(self, rt: Runtime, source: Source, job: JobDir, options: JobOptions) -> None:
+        self.rt = rt
+        self.source = source
+        self.job = job
+        self.options = options
+        self.recorder = BatchRecorder(rt)
+        self.writer = PartWriter(job.out, part_rows=options.part_rows,
+                                 part_seconds=options.part_seconds)
+        self.trace = _Trace(options.trace)
+        self.counters = {"skipped": 0, "from_store": 0, "to_model": 0, "errors": 0,
+                         "recorded": 0}
+
+    def prepare(self, rows: list[SourceRow]) -> _Batch:
+        stored = self.recorder.stored(rows)
+        to_model = [r for r in rows if r.ok and r.ordinal not in stored]
+        self.trace.sent(to_model)
+        self.counters["from_store"] += len(stored)
+        self.counters["to_model"] += len(to_model)
+        return _Batch(rows, stored, to_model)
+
+    def finish(self, batch: _Batch, predictions: Sequence[Prediction]) -> int:
+        by_ordinal = {p.ordinal: p for p in predictions}
+        results: list[dict[str, Any]] = list(batch.stored.values())
+        for row in batch.rows:
+            if not row.ok:
+                results.append(error_row(row, row.error_code or "row.invalid", row.error_detail))
+        results.extend(self.recorder.record(batch.to_model, by_ordinal))
+        results.sort(key=lambda r: int(r["ordinal"]))
+        self.counters["errors"] += sum(1 for r in results if r["error_code"] is not None)
+        self.counters["recorded"] += sum(1 for r in results if r.get("decision_id")
+                                         and not r.get("already_scored"))
+        self.writer.add(results)
+        return len(results)
+
+    def close(self) -> None:
+        try:
+            self.writer.commit()  # every row recorded so far: its decision is committed
+        finally:
+            self.trace.close()
+            self.recorder.close()
+
+
+def _worker_init(spec: PredictorSpec) -> None:
+    global _PREDICTOR
+    # one model thread per process: the processes are the parallelism
+    _PREDICTOR = Predictor(spec)
+
+
+_PREDICTOR: Predictor | None = None
+
+
+def _worker_predict(batch: dict[str, Any]) -> dict[str, Any]:
+    assert _PREDICTOR is not None, "worker not initialised"
+    return _PREDICTOR(batch)
+
+
+def _run_local(job: _Job, spec: PredictorSpec, workers: int, progress: JobProgress) -> None:
+    options = job.options
+    ctx = mp.get_context("spawn")  # no forked copies of the parent's DB pool or threads
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                               initargs=(spec,))
+    pending: deque[_Batch] = deque()
+    limit = max(1, workers * options.in_flight)
+
+    def complete(batch: _Batch) -> None:
+        predictions: list[Prediction] = []
+        if batch.future is not None:
+            try:
+                predictions = Prediction.from_batch(batch.future.result())
+            except BrokenProcessPool as exc:
+                raise DependencyUnavailable(
+                    "a batch worker died (out of memory, or the model failed to load)"
+                ) from exc
+        progress.advance(job.finish(batch, predictions))
+
+    try:
+        for rows in _pending_batches(job.source, job.job, options.batch_size):
+            if not rows:
+                continue
+            batch = job.prepare(rows)
+            if batch.to_model:
+                batch.future = pool.submit(
+                    _worker_predict,
+                    rows_to_batch([r.ordinal for r in batch.to_model],
+                                  [r.location or "" for r in batch.to_model]),
+                )
+            pending.append(batch)
+            # record the oldest batch once it is ready, or when the window is full
+            while pending and (len(pending) > limit or pending[0].future is None
+                               or pending[0].future.done()):
+                complete(pending.popleft())
+        while pending:
+            complete(pending.popleft())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_job(rt: Runtime, source_spec: str, out: Path, options: JobOptions) -> JobResult:
+    """Run (or resume) one batch job to the end; returns its summary.
+
+    The local engine spawns its worker processes: a script that calls this must do so under
+    `if __name__ == "__main__":` (as every spawn-based multiprocessing program must)."""
+    started = time.monotonic()
+    source = open_source(source_spec)
+    job_dir = JobDir(out, source.fingerprint(), resume=options.resume)
+    try:
+        workers = options.workers or max(1, os.cpu_count() or 1)
+        model = resolve_model(rt, options.model, measure=options.measure_model)
+        threads = 1 if workers > 1 else max(1, os.cpu_count() or 1)
+        spec = predictor_spec(rt, model, threads=threads)
+        total = source.count()
+        job = _Job(rt, source, job_dir, options)
+        already = int(job_dir.done.size)
+        job.counters["skipped"] = already
+        model_version = ""
+        try:
+            with JobProgress(total, done=already, enabled=options.progress) as progress:
+                if options.engine == "local":
+                    _run_local(job, spec, workers, progress)
+                elif options.engine == "ray":
+                    from pipeline.batch.ray_engine import run_ray
+
+                    run_ray(job, spec, workers, progress)
+                else:
+                    raise EngineUnavailable(f"unknown engine {options.engine!r}")
+        finally:
+            job.close()
+        summary = summarize(out)
+        versions = summary.get("model_versions", {})
+        model_version = max(versions, key=versions.get) if versions else model
+        summary.update({"source": source.spec, "model": model,
+                        "policy_version": rt.policy.version, "runs": job_dir.runs,
+                        "last_run": {**job.counters,
+                                     "seconds": round(time.monotonic() - started, 2),
+                                     # this process only (Linux reports KiB): flat = streamed
+                                     "peak_rss_mib": round(resource.getrusage(
+                                         resource.RUSAGE_SELF).ru_maxrss / 1024)}})
+        write_summary(out, summary)
+        return JobResult(out=out, model_version=model_version, summary=summary,
+                         run=job_dir.runs, counters=dict(job.counters),
+                         elapsed_s=time.monotonic() - started)
+    finally:
+        job_dir.close()
+

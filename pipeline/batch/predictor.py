@@ -1,0 +1,212 @@
+"""The batch predictor: load once in `__init__`, a batch of rows in and out in `__call__`.
+
+The same class runs in the local engine's worker processes and as a Ray Data actor
+(`map_batches`).  For each row it reads the bytes (local path or fsspec URL), passes them
+through the safe-decode boundary (`pipeline.ingest`), stores the blob (content-addressed, so
+a repeat is free and a decision never points at a missing blob), and scores the decoded
+images in one model call.  Policy and recording are not its business: a batch out is plain
+columns (numpy arrays) that the recorder turns into decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from models.base import RGBImage, Scorer, ScoreResult
+from pipeline.batch.errors import FILE_NOT_FOUND, FILE_UNREADABLE
+from pipeline.batch.sources import read_bytes
+from pipeline.blobs import LocalBlobStore
+from pipeline.errors import ErrorKind, ImageTooLarge, PipelineError
+from pipeline.ingest import IngestedImage, ingest_bytes
+
+__all__ = ["OUTPUT_COLUMNS", "Prediction", "Predictor", "PredictorSpec", "rows_to_batch"]
+
+logger = logging.getLogger(__name__)
+
+#: the columns `Predictor.__call__` returns, in order
+OUTPUT_COLUMNS: tuple[str, ...] = (
+    "ordinal", "sha256", "mime", "width", "height", "size_bytes", "model_version",
+    "scores", "evidence", "shadow", "error_code", "error_detail",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PredictorSpec:
+    """Everything a worker needs to build its predictor (picklable, so it crosses processes)."""
+
+    #: a NudeNet variant (fp32, ov-bf16, int8-mixed) or a scorer name from models.registry
+    model: str
+    model_root: str
+    threads: int = 1
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    #: where blobs go (content-addressed); None: the caller stores them itself
+    blob_dir: str | None = None
+
+
+def load_model(spec: PredictorSpec) -> Scorer:
+    from models import nudenet_fast
+    from models.registry import load_scorer
+
+    if spec.model in nudenet_fast.VARIANTS:
+        return nudenet_fast.load_variant(spec.model, root=Path(spec.model_root),
+                                         threads=spec.threads)
+    if spec.model == "classifier":
+        return load_scorer("classifier", root=Path(spec.model_root), threads=spec.threads)
+    return load_scorer(spec.model, threads=spec.threads)
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One row of a predictor's output, as the recorder reads it."""
+
+    ordinal: int
+    sha256: str | None
+    mime: str | None
+    width: int
+    height: int
+    size_bytes: int
+    model_version: str | None
+    scores: dict[str, float]
+    evidence: list[dict[str, Any]]
+    shadow: list[dict[str, Any]]
+    error_code: str | None
+    error_detail: str | None
+
+    @classmethod
+    def from_batch(cls, batch: Mapping[str, npt.NDArray[Any]]) -> list[Prediction]:
+        n = len(batch["ordinal"])
+        out: list[Prediction] = []
+        for i in range(n):
+            code = batch["error_code"][i]
+            out.append(cls(
+                ordinal=int(batch["ordinal"][i]),
+                sha256=_opt(batch["sha256"][i]),
+                mime=_opt(batch["mime"][i]),
+                width=int(batch["width"][i]),
+                height=int(batch["height"][i]),
+                size_bytes=int(batch["size_bytes"][i]),
+                model_version=_opt(batch["model_version"][i]),
+                scores=json.loads(str(batch["scores"][i])),
+                evidence=json.loads(str(batch["evidence"][i])),
+                shadow=json.loads(str(batch["shadow"][i])),
+                error_code=_opt(code),
+                error_detail=_opt(batch["error_detail"][i]),
+            ))
+        return out
+
+
+def _opt(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    return text or None
+
+
+def rows_to_batch(ordinals: Sequence[int], locations: Sequence[str]) -> dict[str, npt.NDArray[Any]]:
+    """The input batch a predictor takes: row ordinals and what to open."""
+    return {"ordinal": np.asarray(ordinals, dtype=np.int64),
+            "location": np.asarray(list(locations), dtype=object)}
+
+
+class Predictor:
+    """Reads, decodes, stores and scores one batch of rows per call."""
+
+    def __init__(self, spec: PredictorSpec) -> None:
+        self.spec = spec
+        self.scorer = load_model(spec)
+        self.blobs = LocalBlobStore(Path(spec.blob_dir)) if spec.blob_dir else None
+
+    @property
+    def model_version(self) -> str:
+        return self.scorer.version
+
+    def _ingest(self, location: str) -> tuple[IngestedImage, bytes]:
+        limit = self.spec.max_bytes
+        try:
+            data = read_bytes(location, limit)
+        except FileNotFoundError:
+            raise _RowError(FILE_NOT_FOUND, "the file does not exist") from None
+        except (IsADirectoryError, PermissionError, OSError) as exc:
+            raise _RowError(FILE_UNREADABLE, f"the file cannot be read ({type(exc).__name__})"
+                            ) from None
+        if len(data) > limit:
+            raise ImageTooLarge(f"the file is larger than {limit} bytes")
+        image = ingest_bytes(data, max_bytes=limit, max_pixels=self.spec.max_pixels)
+        return image, data
+
+    def __call__(self, batch: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        ordinals = [int(x) for x in batch["ordinal"]]
+        locations = [str(x) for x in batch["location"]]
+        n = len(ordinals)
+        cols: dict[str, list[Any]] = {name: [None] * n for name in OUTPUT_COLUMNS}
+        cols["ordinal"] = ordinals
+        for name in ("width", "height", "size_bytes"):
+            cols[name] = [0] * n
+        for name in ("scores", "evidence", "shadow"):
+            cols[name] = ["{}" if name == "scores" else "[]"] * n
+        images: list[RGBImage] = []
+        where: list[int] = []
+        for i, location in enumerate(locations):
+            try:
+                image, data = self._ingest(location)
+            except _RowError as exc:
+                cols["error_code"][i], cols["error_detail"][i] = exc.row_code, exc.detail
+                continue
+            except PipelineError as exc:
+                cols["error_code"][i], cols["error_detail"][i] = exc.code, exc.detail
+                continue
+            if self.blobs is not None:
+                self.blobs.put(data)  # before any record: a decision never lacks its blob
+            cols["sha256"][i], cols["mime"][i] = image.sha256, image.mime
+            cols["width"][i], cols["height"][i] = image.width, image.height
+            cols["size_bytes"][i] = image.size_bytes
+            images.append(image.pixels)
+            where.append(i)
+        if images:
+            for i, result in zip(where, self.scorer.score(images), strict=True):
+                cols["model_version"][i] = result.model_version
+                cols["scores"][i] = json.dumps(dict(result.scores))
+                cols["evidence"][i] = json.dumps(_evidence(result))
+                cols["shadow"][i] = json.dumps(_shadow(result))
+        out: dict[str, npt.NDArray[Any]] = {}
+        for name in OUTPUT_COLUMNS:
+            if name in ("ordinal", "width", "height", "size_bytes"):
+                out[name] = np.asarray(cols[name], dtype=np.int64)
+            else:
+                out[name] = np.asarray(["" if v is None else v for v in cols[name]], dtype=object)
+        return out
+
+
+class _RowError(PipelineError):
+    """The file a row names could not be read; the row is recorded with this code."""
+
+    code = FILE_UNREADABLE
+    kind = ErrorKind.NOT_FOUND
+
+    def __init__(self, row_code: str, detail: str) -> None:
+        super().__init__(detail)
+        #: the code the row is recorded with (file.not_found, file.unreadable)
+        self.row_code = row_code
+
+
+def _evidence(result: ScoreResult) -> list[dict[str, Any]]:
+    return [{"category": e.category, "label": e.label, "score": e.score,
+             "box": list(e.box) if e.box else None} for e in result.evidence]
+
+
+def _shadow(result: ScoreResult) -> list[dict[str, Any]]:
+    """Shadow models' scores, read by duck type as pipeline.scoring does (the classifier
+    registry's scorer carries them)."""
+    rows = getattr(result, "shadow", ())
+    return [{"model_version": r.model_version,
+             "scores": {k: round(float(v), 4) for k, v in r.scores.items()},
+             "error": r.error} for r in rows]
