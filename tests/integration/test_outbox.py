@@ -86,7 +86,7 @@ def produce_through_flows(db: Database, svc: ReviewService, *, holds: int, revie
         assert executed, "the verdicts approved content removals that are due now"
     with db.transaction() as s:
         for i in range(direct):
-            svc._outbox(s, topic="test.direct", key=f"direct:{i}", payload={"n": i})
+            svc.core.outbox(s, topic="test.direct", key=f"direct:{i}", payload={"n": i})
     with db.transaction() as s:
         total = s.execute(select(func.count()).select_from(Outbox).where(PLATFORM)).scalar_one()
         topics = set(s.execute(select(Outbox.topic).distinct()).scalars())
@@ -97,7 +97,7 @@ def produce_through_flows(db: Database, svc: ReviewService, *, holds: int, revie
 def produce_direct(db: Database, svc: ReviewService, n: int, *, prefix: str = "m") -> int:
     with db.transaction() as s:
         for i in range(n):
-            svc._outbox(s, topic="test.direct", key=f"{prefix}:{i}", payload={"n": i})
+            svc.core.outbox(s, topic="test.direct", key=f"{prefix}:{i}", payload={"n": i})
     return n
 
 
