@@ -814,7 +814,7 @@ def test_recording_the_same_upload_twice_returns_the_same_decision(
                           "WHERE kind = 'hold_content'), (SELECT count(*) FROM content)")[0]
     assert tuple(counts) == (2, 2, 2, 2, 1)
     # the database holds the line even if the service's look-up is bypassed
-    monkeypatch.setattr(svc, "find_upload", lambda *a, **k: None)
+    monkeypatch.setattr(svc.intake, "find_upload", lambda *a, **k: None)
     with pytest.raises(IntegrityError), seeded.transaction() as s:
         record(svc, s, 1)
 
