@@ -36,13 +36,15 @@ from typing import Any
 
 from sqlalchemy import func, select, text
 
-from review import audit
-from review.db import Database
-from review.desk import ClaimDesk
-from review.errors import NothingToClaim
+from review import (
+    ClaimDesk,
+    Database,
+    ItemStatus,
+    NothingToClaim,
+    ReviewService,
+    verify_audit_log,
+)
 from review.schema import AuditEvent, ReviewItem
-from review.service import ReviewService
-from review.states import ItemStatus
 from tests.review_support import make_config, record
 
 QUEUE = "adult"
@@ -237,7 +239,7 @@ def run(url: str, backend: str, *, path: str, items: int, claimers: int, batch: 
         res.audit_events = s.execute(
             select(func.count()).select_from(AuditEvent).where(AuditEvent.event == "item.claim")
         ).scalar_one()
-        res.chain_ok = audit.verify(s).ok
+        res.chain_ok = verify_audit_log(s).ok
     res.lost = items - len(set(ids)) + abs(in_db - len(set(ids)))
     db.dispose()
     return res

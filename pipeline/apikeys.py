@@ -20,11 +20,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.errors import ErrorKind, PipelineError
-from review.schema import ApiKey
+from review import (
+    ApiKeyRecord,
+    add_api_key,
+    find_api_key,
+    list_api_keys,
+    revoke_api_key,
+)
 
 __all__ = [
     "ApiKeyInfo",
@@ -122,7 +127,7 @@ class ApiKeyInfo:
         }
 
 
-def _info(row: ApiKey) -> ApiKeyInfo:
+def _info(row: ApiKeyRecord) -> ApiKeyInfo:
     return ApiKeyInfo(
         id=row.id,
         name=row.name,
@@ -170,31 +175,19 @@ def create_key(
     prefix = base64.b32encode(secrets.token_bytes(5)).decode("ascii").lower()
     raw = f"lf_{prefix}_{secrets.token_urlsafe(32)}"
     assert KEY_PATTERN.fullmatch(raw)
-    row = ApiKey(
-        name=name,
-        prefix=prefix,
-        secret_sha256=hash_key(raw),
-        scopes=sorted(chosen),
-        rate_per_minute=rate_per_minute,
-        created_at=now,
-        revoked_at=None,
-    )
-    s.add(row)
-    s.flush()
+    row = add_api_key(s, name=name, prefix=prefix, secret_sha256=hash_key(raw),
+                      scopes=sorted(chosen), rate_per_minute=rate_per_minute, now=now)
     return _info(row), raw
 
 
 def list_keys(s: Session) -> list[ApiKeyInfo]:
-    return [_info(r) for r in s.execute(select(ApiKey).order_by(ApiKey.id)).scalars()]
+    return [_info(r) for r in list_api_keys(s)]
 
 
 def revoke_key(s: Session, *, key_id: int, now: dt.datetime) -> ApiKeyInfo:
-    row = s.get(ApiKey, key_id)
+    row = revoke_api_key(s, key_id=key_id, now=now)
     if row is None:
         raise PipelineError(f"no API key {key_id}")
-    if row.revoked_at is None:
-        row.revoked_at = now
-        s.flush()
     return _info(row)
 
 
@@ -202,9 +195,7 @@ def find_key(s: Session, raw: str) -> ApiKeyInfo | None:
     """The live key `raw` names, or None (malformed, unknown or revoked)."""
     if KEY_PATTERN.fullmatch(raw) is None:
         return None
-    row = s.execute(
-        select(ApiKey).where(ApiKey.secret_sha256 == hash_key(raw))
-    ).scalar_one_or_none()
+    row = find_api_key(s, secret_sha256=hash_key(raw))
     if row is None or row.revoked_at is not None:
         return None
     return _info(row)

@@ -9,16 +9,13 @@ said; a new model is a different question, answered by shadow scoring).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.policy import Context, Policy
-from review.schema import Decision, ReviewItem, Upload
-from review.states import ItemKind, ItemStatus, Verdict
+from review import Verdict, human_resolutions, iter_decisions
 
 _HUMAN_POSITIVE = {Verdict.VIOLATING}
 _HUMAN_NEGATIVE = {Verdict.BENIGN, Verdict.BENIGN_MEDICAL}
@@ -76,47 +73,17 @@ class BacktestReport:
         }
 
 
-def _rows(s: Session, batch: int = 1000) -> Iterator[tuple[Decision, Upload]]:
-    last = ""
-    while True:
-        rows = s.execute(
-            select(Decision, Upload)
-            .join(Upload, Upload.id == Decision.upload_id)
-            .where(Decision.id > last)
-            .order_by(Decision.id)
-            .limit(batch)
-        ).all()
-        if not rows:
-            return
-        yield from ((d, u) for d, u in rows)
-        last = rows[-1][0].id
-
-
-def _human_labels(s: Session) -> dict[str, str]:
-    """decision id -> the resolution people reached on its initial or escalation review."""
-    rows = s.execute(
-        select(ReviewItem.decision_id, ReviewItem.resolution)
-        .where(
-            ReviewItem.status == ItemStatus.DECIDED,
-            ReviewItem.kind.in_([ItemKind.INITIAL, ItemKind.ESCALATION, ItemKind.QA]),
-            ReviewItem.resolution.is_not(None),
-        )
-        .order_by(ReviewItem.id)
-    ).all()
-    return {d: r for d, r in rows if r is not None}  # later reviews win (escalations)
-
-
 def backtest(s: Session, *, current: Policy, candidate: Policy) -> BacktestReport:
     report = BacktestReport(
         current=f"{current.name} {current.version}",
         candidate=f"{candidate.name} {candidate.version}",
     )
-    labels = _human_labels(s)
-    for d, u in _rows(s):
+    labels = human_resolutions(s)  # decision id -> what people concluded
+    for d in iter_decisions(s):
         try:
-            ctx = Context.parse(u.context)
+            ctx = Context.parse(d.context)
             new = candidate.evaluate(
-                {k: float(v) for k, v in d.scores.items()}, ctx, content_sha256=u.content_sha256
+                {k: float(v) for k, v in d.scores.items()}, ctx, content_sha256=d.content_sha256
             )
         except Exception:  # noqa: BLE001 - a row the candidate cannot read is counted, not fatal
             report.skipped += 1

@@ -33,7 +33,7 @@ from pipeline.metrics import ApiMetrics
 from pipeline.policy import Context
 from pipeline.runtime import Runtime
 from pipeline.scoring import Orchestrator, Scored, UploadRequest
-from review.service import Recorded
+from review import Recorded
 
 __all__ = ["ClassifyInput", "ClassifyService", "MicroBatcher", "Overloaded"]
 

@@ -13,9 +13,7 @@ from models.base import Scorer
 from pipeline.blobs import LocalBlobStore
 from pipeline.policy import Policy, load_policy
 from pipeline.settings import Settings
-from review.db import Database
-from review.desk import ClaimDesk
-from review.service import QueueRules, ReviewConfig, ReviewService, utcnow
+from review import ClaimDesk, Database, QueueRules, ReviewConfig, ReviewService, utcnow
 
 log = logging.getLogger(__name__)
 

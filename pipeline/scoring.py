@@ -21,9 +21,7 @@ from pipeline.errors import ImageTooLarge, PipelineError
 from pipeline.ingest import IngestedImage, ingest_bytes
 from pipeline.policy import Context, PolicyDecision
 from pipeline.runtime import Runtime
-from review import banks
-from review.schema import Decision
-from review.service import NewUpload, Recorded, Routing
+from review import NewUpload, Recorded, Routing, bank_lookup, bank_lookup_many, get_decision
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +187,7 @@ class Orchestrator:
             to_score.append((scored, image, data))
         if to_score:
             with rt.db.transaction() as s:
-                matches = banks.lookup_many(s, [img.sha256 for _, img, _ in to_score])
+                matches = bank_lookup_many(s, [img.sha256 for _, img, _ in to_score])
             model_results = rt.scorer.score([img.pixels for _, img, _ in to_score])
             for (scored, image, data), result in zip(to_score, model_results, strict=True):
                 self.decide(scored, image, data, result, matches.get(image.sha256))
@@ -198,10 +196,10 @@ class Orchestrator:
     def bank_match(self, sha256: str) -> str | None:
         """The hash bank this content matches, if any (one request at a time: the API)."""
         with self.rt.db.transaction() as s:
-            return banks.lookup(s, sha256)
+            return bank_lookup(s, sha256)
 
     def fill_from_store(self, s: Any, scored: Scored, found: Recorded) -> None:
-        d = s.get(Decision, found.decision_id)
+        d = get_decision(s, decision_id=found.decision_id)
         assert d is not None
         scored.recorded = found
         scored.sha256 = d.reasons.get("content_sha256")

@@ -20,8 +20,29 @@ from review.schema import AuditEvent, AuditHead
 GENESIS = "0" * 64
 
 
-def _canonical(value: Any) -> str:
+def canonical(value: Any) -> str:
+    """The one JSON form the audit log hashes: sorted keys, no spaces, ASCII only."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+
+
+def _at(at: dt.datetime) -> str:
+    # microseconds, UTC: the database round-trips this exactly on every backend
+    return at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical_body(
+    *,
+    seq: int,
+    at: dt.datetime,
+    actor: str,
+    event: str,
+    subject_type: str,
+    subject_id: str,
+    data: dict[str, Any],
+) -> str:
+    """What an event's hash covers, after the previous event's hash."""
+    return canonical({"seq": seq, "at": _at(at), "actor": actor, "event": event,
+                      "subject": [subject_type, subject_id], "data": data})
 
 
 def event_hash(
@@ -35,18 +56,34 @@ def event_hash(
     subject_id: str,
     data: dict[str, Any],
 ) -> str:
-    body = _canonical(
-        {
-            "seq": seq,
-            # microseconds, UTC: the database round-trips this exactly on every backend
-            "at": at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "actor": actor,
-            "event": event,
-            "subject": [subject_type, subject_id],
-            "data": data,
-        }
-    )
+    body = canonical_body(seq=seq, at=at, actor=actor, event=event, subject_type=subject_type,
+                          subject_id=subject_id, data=data)
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+#: stand-ins for what only the database knows when a body is rendered ahead of the event
+_SEQ_MARK = 7_340_281_906_155_023_441
+_ID_MARK = "lookfirst-subject-id-mark"
+
+
+def body_segments(
+    *, at: dt.datetime, actor: str, event: str, subject_type: str, data: dict[str, Any],
+) -> tuple[str, str, str]:
+    """The canonical body of an event whose sequence number and (numeric) subject id only the
+    database will know, as the three literal pieces around them:
+
+        canonical_body(seq=n, subject_id=str(i), ...) == seg[0] + str(n) + seg[1] + str(i) + seg[2]
+
+    (PostgreSQL's claim function hashes its events this way, so their JSON is rendered here,
+    by the same code as every other event's.)  The id goes inside a JSON string, so it must be
+    one that needs no escaping, as digits do.  "seq" and "subject" are the body's last keys,
+    so the last occurrence of each stand-in is the real one, whatever the actor or the data
+    hold."""
+    body = canonical_body(seq=_SEQ_MARK, at=at, actor=actor, event=event,
+                          subject_type=subject_type, subject_id=_ID_MARK, data=data)
+    head, _, tail = body.rpartition(_ID_MARK)
+    first, _, middle = head.rpartition(str(_SEQ_MARK))
+    return first, middle, tail
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +170,7 @@ def append_many(session: Session, events: Sequence[NewEvent]) -> None:
     rows: list[dict[str, Any]] = []
     for e in events:
         seq += 1
-        data = json.loads(_canonical(e.data))  # what the database will give back
+        data = json.loads(canonical(e.data))  # what the database will give back
         digest = event_hash(prev_hash=prev, seq=seq, at=e.at, actor=e.actor, event=e.event,
                             subject_type=e.subject_type, subject_id=str(e.subject_id),
                             data=data)

@@ -31,6 +31,7 @@ from pipeline.batching import ClassifyService  # noqa: E402
 from pipeline.metrics import ApiMetrics  # noqa: E402
 from pipeline.runtime import Runtime  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
+from review import outbox_backlog  # noqa: E402
 
 __all__ = ["app_from_env", "create_app"]
 
@@ -132,10 +133,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
 
 def _outbox_backlog(rt: Runtime) -> dict[str, int]:
-    from review.outbox import backlog
-
     with rt.db.transaction() as s:
-        return backlog(s)
+        return outbox_backlog(s)
 
 
 def _queue_stats(rt: Runtime) -> list[dict[str, Any]]:

@@ -8,8 +8,7 @@ from pipeline.api.deps import AppealKey, SessionDep, StateDep
 from pipeline.api.errors import AUTH_ERRORS, responses
 from pipeline.api.schemas import AppealCreate, AppealPublic
 from pipeline.policy import Context
-from review.errors import NotFound
-from review.schema import Appeal, Decision, Upload
+from review import NotFound, get_appeal, get_decision
 
 router = APIRouter(prefix="/v1/appeals", tags=["appeals"])
 
@@ -29,15 +28,14 @@ def create_appeal(
     while an appeal of the same decision is open."""
     context = Context.parse(body.context).model_dump(mode="json", exclude_unset=True)
     if body.account_id is not None:
-        decision = s.get(Decision, body.decision_id)
-        upload = s.get(Upload, decision.upload_id) if decision is not None else None
-        if upload is None or upload.account_id != body.account_id:
+        decision = get_decision(s, decision_id=body.decision_id)
+        if decision is None or decision.account_id != body.account_id:
             # the same answer as for an unknown decision: ids of others are not confirmed
             raise NotFound(f"no decision {body.decision_id}")
     appeal_id = state.rt.review.appeal(
         s, decision_id=body.decision_id, statement=body.statement, context=context
     )
-    appeal = s.get(Appeal, appeal_id)
+    appeal = get_appeal(s, appeal_id=appeal_id)
     assert appeal is not None
     return AppealPublic(
         appeal_id=appeal.id, decision_id=appeal.decision_id, item_id=appeal.item_id,

@@ -13,11 +13,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from pipeline.api.errors import IdempotencyMismatch
-from review.schema import IdempotencyRecord
+from review import delete_stored_response, find_stored_response, save_stored_response
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,15 +38,11 @@ def find(
 ) -> Stored | None:
     """The stored response for (api key, key), or None; IdempotencyMismatch if the key was
     used with another request.  An expired record is removed and the key is free again."""
-    row = s.execute(
-        select(IdempotencyRecord).where(
-            IdempotencyRecord.api_key_id == api_key_id, IdempotencyRecord.key == key
-        )
-    ).scalar_one_or_none()
+    row = find_stored_response(s, api_key_id=api_key_id, key=key)
     if row is None:
         return None
     if row.created_at + ttl < now:
-        s.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id == row.id))
+        delete_stored_response(s, record_id=row.id)
         return None
     if row.fingerprint != fingerprint:
         raise IdempotencyMismatch()
@@ -58,10 +53,5 @@ def save(
     s: Session, *, api_key_id: int, key: str, fingerprint: str, status_code: int,
     response: dict[str, Any], now: dt.datetime,
 ) -> None:
-    s.add(
-        IdempotencyRecord(
-            api_key_id=api_key_id, key=key, fingerprint=fingerprint, status_code=status_code,
-            response=response, created_at=now,
-        )
-    )
-    s.flush()
+    save_stored_response(s, api_key_id=api_key_id, key=key, fingerprint=fingerprint,
+                         status_code=status_code, response=response, now=now)

@@ -10,8 +10,7 @@ from pipeline.api.deps import AdminKey, SessionDep, StateDep
 from pipeline.api.errors import AUTH_ERRORS, responses
 from pipeline.api.schemas import KeyCreate, KeyCreatedPublic, KeyPublic
 from pipeline.apikeys import create_key, list_keys, revoke_key
-from review.errors import NotFound
-from review.schema import ApiKey
+from review import NotFound, get_api_key
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
@@ -37,7 +36,7 @@ def revoke(
     key_id: Annotated[int, Path(ge=1, le=2**31 - 1)], _key: AdminKey, state: StateDep,
     s: SessionDep,
 ) -> KeyPublic:
-    if s.get(ApiKey, key_id) is None:
+    if get_api_key(s, key_id=key_id) is None:
         raise NotFound(f"no API key {key_id}")
     info = revoke_key(s, key_id=key_id, now=state.now())
     state.verifier.forget_all()  # effective at once in this process, within the cache TTL in others

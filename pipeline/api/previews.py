@@ -18,8 +18,7 @@ from pipeline.api.errors import responses, status_for
 from pipeline.blobs import BlobError
 from pipeline.previews import LinkInvalid, render_preview, verify_link
 from pipeline.runtime import Runtime
-from review.errors import ReviewError
-from review.schema import ReviewItem
+from review import ReviewError, content_mime, item_content
 
 
 def origin_of(url: str) -> str:
@@ -39,8 +38,7 @@ def build_router(rt: Runtime) -> APIRouter:
 
     def _blob_for(claims_item: int, sha256: str) -> bytes:
         with rt.db.transaction() as s:
-            item = s.get(ReviewItem, claims_item)
-            if item is None or item.content_sha256 != sha256:
+            if item_content(s, item_id=claims_item) != sha256:
                 raise LinkInvalid()
         return rt.blobs.get(sha256)
 
@@ -87,15 +85,11 @@ def build_router(rt: Runtime) -> APIRouter:
 
         def reveal() -> tuple[bytes, str]:
             with rt.db.transaction() as s:
-                item = s.get(ReviewItem, claims.item_id)
-                if item is None or item.content_sha256 != claims.sha256:
+                if item_content(s, item_id=claims.item_id) != claims.sha256:
                     raise LinkInvalid()
                 rt.review.record_reveal(s, item_id=claims.item_id, reviewer_id=reviewer,
                                         reason=reason)
-                from review.schema import Content
-
-                c = s.get(Content, claims.sha256)
-                mime = c.mime if c is not None else "application/octet-stream"
+                mime = content_mime(s, sha256=claims.sha256) or "application/octet-stream"
             return rt.blobs.get(claims.sha256), mime
 
         try:

@@ -23,7 +23,7 @@ from pipeline.api.schemas import (
     VerdictCreate,
     VerdictResultPublic,
 )
-from review.states import OPEN_ITEM_STATUSES
+from review import OPEN_ITEM_STATUSES
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
 

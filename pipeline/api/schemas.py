@@ -13,8 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from pipeline.apikeys import Scope
-from review.service import MAX_CLAIM_BATCH
-from review.states import ItemKind, ItemStatus, Verdict
+from review import MAX_CLAIM_BATCH, ItemKind, ItemStatus, Verdict
 
 Outcome = Literal["allow", "hold", "review"]
 #: ids the platform chooses: printable, no control characters, at most the database's 128

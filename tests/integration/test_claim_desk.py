@@ -17,9 +17,9 @@ from psycopg import pq
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from review import audit
+from review import ClaimDesk, audit
+from review.claims.function import SIGNATURE
 from review.db import Database
-from review.desk import ClaimDesk
 from review.errors import (
     InvalidTransition,
     NotEntitled,
@@ -118,7 +118,7 @@ def test_desk_sweeps_before_saying_there_is_nothing(
         desk.claim(reviewer_id="bob")
     # just past the lease but inside the sweep interval: the desk sweeps because it found none
     clock.advance(seconds=svc.config.lease.total_seconds() + 0.001)
-    svc._last_sweep = clock()  # a routine sweep has just run and found nothing
+    svc.claims.sweeper.mark(clock())  # a routine sweep has just run and found nothing
     assert desk.claim(reviewer_id="bob").id == item
 
 
@@ -233,16 +233,15 @@ def test_database_errors_come_out_as_sqlalchemy_errors_and_lose_nothing(
     maps OperationalError to 503 `db.unavailable`), and a failed claim leases nothing."""
     db, svc, desk = pg_desk
     (item,) = record_many(svc, db, ["a"])
-    signature = "lookfirst_claim(text, text, integer, integer, timestamp, timestamp, integer, " \
-                "text[], text[], integer[], timestamp[])"
     with db.transaction() as s:
-        s.execute(text(f"ALTER FUNCTION {signature} RENAME TO lookfirst_claim_away"))
+        s.execute(text(f"ALTER FUNCTION {SIGNATURE} RENAME TO lookfirst_claim_away"))
     try:
         with pytest.raises(ProgrammingError, match="lookfirst_claim"):
             desk.claim(reviewer_id="r00")
     finally:
         with db.transaction() as s:
-            s.execute(text(f"ALTER FUNCTION lookfirst_claim_away{signature[15:]} "
+            s.execute(text(f"ALTER FUNCTION lookfirst_claim_away"
+                           f"{SIGNATURE.removeprefix('lookfirst_claim')} "
                            "RENAME TO lookfirst_claim"))
     assert item_rows(db)[item] == ("pending", None)
     down = Database(pg_url.rsplit("@", 1)[0] + "@127.0.0.1:1/nowhere")

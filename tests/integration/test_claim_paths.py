@@ -1,11 +1,11 @@
 """The claim paths agree.  On PostgreSQL a claim runs inside the server (`lookfirst_claim`,
-migration 0008), in the caller's transaction or, through the claim desk, as a transaction of
-its own; on SQLite, and on PostgreSQL when told to, it runs in Python, statement by statement.
-Random scenarios (entitlement, roles, exposure caps and their windows, leases that expire,
-two-person items, appeals for fresh eyes, batches across queues) run once on each path from
-the same empty database and the same clock; every claim must answer the same (the same items
-in the same order and the same view, or the same refusal), and the tables must end the same,
-down to each audit event's hash."""
+review/claims/function.py), in the caller's transaction or, through the claim desk, as a
+transaction of its own; on SQLite, and on PostgreSQL when told to, it runs in Python,
+statement by statement.  Random scenarios (entitlement, roles, exposure caps and their
+windows, leases that expire, two-person items, appeals for fresh eyes, batches across queues)
+run once on each path from the same empty database and the same clock; every claim must
+answer the same (the same items in the same order and the same view, or the same refusal),
+and the tables must end the same, down to each audit event's hash."""
 
 from __future__ import annotations
 
@@ -22,10 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from review import audit
-from review import service as service_module
+from review import ClaimDesk, audit
+from review import intake as intake_module
 from review.db import Database
-from review.desk import ClaimDesk
 from review.errors import ReviewError
 from review.service import ReviewService
 from tests.conftest import FakeClock, fresh_pg_database, pg_base_url
@@ -33,8 +32,8 @@ from tests.review_support import ACTIONS, make_config, record
 
 pytestmark = pytest.mark.postgres
 
-#: printable-ASCII ids take the server path (quotes and backslashes must hash as Python's
-#: JSON does); a non-ASCII id always takes the Python path, on both runs
+#: every id takes the server path: quotes, backslashes, control characters and non-ASCII ids
+#: (one outside the Basic Multilingual Plane) must hash there as Python's audit JSON does
 REVIEWERS: dict[str, tuple[list[str], list[str]]] = {
     "alice": (["adult", "qa", "appeals"], []),
     "bob": (["adult", "qa", "appeals", "medical"], []),
@@ -43,6 +42,7 @@ REVIEWERS: dict[str, tuple[list[str], list[str]]] = {
     "sue": (["severe", "senior", "appeals", "adult"], ["senior"]),
     'o\'neil "\\x"': (["adult", "appeals"], []),
     "zoë": (["adult", "qa"], []),
+    "ünï\tcode 🙂": (["adult", "appeals"], []),
 }
 CLAIMERS = [*REVIEWERS, "ghost", "retired"]
 PROFILES: dict[str, dict[str, Any]] = {
@@ -105,7 +105,7 @@ def run(db: Database, path: str, seed: list[tuple[str, int]],
     # upload and decision ids are uuid4s; both runs must draw the same ones (they are in the
     # views and in the audit events' hashes)
     ids = itertools.count(1)
-    with mock.patch.object(service_module, "uuid",
+    with mock.patch.object(intake_module, "uuid",
                            SimpleNamespace(uuid4=lambda: uuid.UUID(int=next(ids)))):
         return _run(db, path, seed, steps)
 
@@ -232,6 +232,9 @@ def test_scenario_reaches_what_the_paths_must_agree_on(pg_db: Database) -> None:
         ("claim", "carol", None, 5, 1),          # one named item (the medical one)
         ("tick", dt.timedelta(hours=9)),
         ("claim", "sue", "severe", None, 5),     # a new shift
+        ("claim", "zoë", "adult", None, 1),      # non-ASCII ids claim inside the server too
+        ("claim", "ünï\tcode 🙂", None, None, 2),
+        ("decide", "zoë", "benign"),
     ]
     for reference, path in (("python-desk", "desk"), ("python", "server")):
         python = run(pg_db, reference, seed, steps)
@@ -249,7 +252,10 @@ def test_scenario_reaches_what_the_paths_must_agree_on(pg_db: Database) -> None:
     assert answers[15][0]["kind"] == "appeal" and answers[15][0]["appeal_statement"]
     assert answers[16][0]["id"] == 6 and answers[16][0]["queue"] == "medical"
     assert len(answers[18]) == 3
+    assert isinstance(answers[19], list) and answers[19][0]["claimed_by"] == "zoë"
+    assert isinstance(answers[20], list) and answers[20][0]["claimed_by"] == "ünï\tcode 🙂"
     events = python[1]["audit_event"]
-    assert any(e.actor == 'o\'neil "\\x"' and e.event == "item.claim" for e in events)
+    for who in ('o\'neil "\\x"', "zoë", "ünï\tcode 🙂"):
+        assert any(e.actor == who and e.event == "item.claim" for e in events), who
     assert any(e.event == "item.release_second" or e.event == "item.release_first"
                for e in events)

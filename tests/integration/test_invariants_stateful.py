@@ -30,7 +30,7 @@ from hypothesis.stateful import (
 from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import Session
 
-import review.service as service_module
+import review.intake as intake_module
 from review import audit
 from review.db import Database
 from review.errors import ReviewError
@@ -158,7 +158,7 @@ class ReviewWorkflow(RuleBasedStateMachine):
         # hypothesis replays an example (FlakyStrategyDefinition).  The tables are emptied for
         # each example, so ids counted from 1 cannot collide.
         ids = itertools.count(1)
-        service_module.uuid = types.SimpleNamespace(  # type: ignore[assignment]
+        intake_module.uuid = types.SimpleNamespace(  # type: ignore[assignment]
             uuid4=lambda: uuid.UUID(int=next(ids))
         )
         self.recorded: dict[int, tuple[str, str]] = {}  # upload n -> account, decision id
@@ -365,7 +365,7 @@ class ReviewWorkflow(RuleBasedStateMachine):
             self._refresh(s)
 
     def teardown(self) -> None:
-        service_module.uuid = uuid  # type: ignore[assignment]
+        intake_module.uuid = uuid  # type: ignore[assignment]
         with self.db.transaction() as s:
             for name, sql in COVERAGE.items():
                 if s.execute(text(sql)).scalar_one():

@@ -22,10 +22,11 @@ import pytest
 from sqlalchemy import text
 
 from review import audit
+from review.claims.local import PICK
 from review.db import Database
 from review.errors import NothingToClaim
 from review.schema import Content, Decision, ReviewItem, Upload
-from review.service import _PICK, QueueRules, ReviewConfig, ReviewService
+from review.service import QueueRules, ReviewConfig, ReviewService
 from review.states import ItemKind
 from tests.conftest import FakeClock
 from tests.review_support import make_config, sha
@@ -73,7 +74,7 @@ def seed_items(svc: ReviewService, db: Database, n: int) -> None:
                             reasons={}, queue="bulk", created_at=now) for i in range(n)])
         s.flush()
         for i in range(n):
-            svc._new_item(s, decision_id=f"d-{i}", kind=ItemKind.INITIAL, queue="bulk",
+            svc.core.new_item(s, decision_id=f"d-{i}", kind=ItemKind.INITIAL, queue="bulk",
                           severity="high", priority=100 + i % 3, reviewers_required=1,
                           account_id=f"acct-{i % 7}", content_sha256=sha(i))
 
@@ -301,8 +302,8 @@ def test_a_claim_reads_the_queue_head_from_the_partial_index_without_sorting_the
         c.exec_driver_sql("ANALYZE review_item")
         c.commit()
     params = {"queue": "bulk", "reviewer": "r00", "lim": 1}
-    plan = _explain(pg, _PICK, params, generic=generic)
+    plan = _explain(pg, PICK, params, generic=generic)
     assert "ix_review_item_claimable" in plan and "Sort" not in plan, plan
-    control = _explain(pg, _PICK.order_by(None).order_by(ReviewItem.severity), params,
+    control = _explain(pg, PICK.order_by(None).order_by(ReviewItem.severity), params,
                        generic=generic)
     assert "Sort" in control, control

@@ -153,7 +153,7 @@ def test_item_transitions_allowed_by_the_table_and_only_those(
             values = _lawful_values(t.target, clock())
             if status in t.sources:
                 with pytest.raises(_Rollback), seeded.transaction() as s:
-                    item = svc._item_transition(s, item_id, name, actor="test", values=values)
+                    item = svc.core.item_transition(s, item_id, name, actor="test", values=values)
                     assert item.status == t.target
                     last = s.execute(
                         select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(1)
@@ -164,7 +164,7 @@ def test_item_transitions_allowed_by_the_table_and_only_those(
                 accepted_pairs.add((name, status))
             else:
                 with pytest.raises(InvalidTransition), seeded.transaction() as s:
-                    svc._item_transition(s, item_id, name, actor="test", values=values)
+                    svc.core.item_transition(s, item_id, name, actor="test", values=values)
                 refused_pairs.add((name, status))
             assert item_status(seeded, item_id) == status  # nothing leaked out
     table = {(t.name, str(src)) for t in ITEM_TRANSITIONS.values() for src in t.sources}
@@ -184,7 +184,7 @@ def test_action_transitions_allowed_by_the_table_and_only_those(
         ids: dict[str, int] = {}
         for st in ActionStatus:
             # a human-approved account action in each status (`approver` satisfies the schema)
-            a = svc._new_action(s, decision_id=r.decision_id, item_id=r.item_id,
+            a = svc.core.new_action(s, decision_id=r.decision_id, item_id=r.item_id,
                                 kind=ActionKind.SUSPEND, account_id="acct-1",
                                 content_sha256="0" * 64, approver=("alice", verdict_id))
             executed = st in (ActionStatus.EXECUTED, ActionStatus.REVERSED)
@@ -197,13 +197,13 @@ def test_action_transitions_allowed_by_the_table_and_only_those(
             values = {"executed_at": clock()} if name == "execute" else {}
             if status in t.sources:
                 with pytest.raises(_Rollback), seeded.transaction() as s:
-                    a = svc._action_transition(s, action_id, name, actor="test", values=values)
+                    a = svc.core.action_transition(s, action_id, name, actor="test", values=values)
                     assert a.status == t.target
                     raise _Rollback
                 accepted_pairs.add((name, status))
             else:
                 with pytest.raises(InvalidTransition), seeded.transaction() as s:
-                    svc._action_transition(s, action_id, name, actor="test", values=values)
+                    svc.core.action_transition(s, action_id, name, actor="test", values=values)
             assert rows(seeded, "SELECT status FROM action WHERE id = :i", i=action_id)[0][0] \
                 == status
     assert accepted_pairs == {(t.name, str(x)) for t in ACTION_TRANSITIONS.values()
@@ -814,7 +814,7 @@ def test_recording_the_same_upload_twice_returns_the_same_decision(
                           "WHERE kind = 'hold_content'), (SELECT count(*) FROM content)")[0]
     assert tuple(counts) == (2, 2, 2, 2, 1)
     # the database holds the line even if the service's look-up is bypassed
-    monkeypatch.setattr(svc, "find_upload", lambda *a, **k: None)
+    monkeypatch.setattr(svc.intake, "find_upload", lambda *a, **k: None)
     with pytest.raises(IntegrityError), seeded.transaction() as s:
         record(svc, s, 1)
 
