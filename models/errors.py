@@ -87,6 +87,14 @@ class ModelNotRegistered(ModelError):
 
 
 # ---- the learning loop's quality gate (issue 15) -------------------------------------------
+class TrainingConfigInvalid(ModelError):
+    """The training configuration asks for something training cannot do."""
+
+    code = "model.training_config_invalid"
+    user_error = True
+    kind = "invalid"
+
+
 class ModelDidNotLearn(ModelError):
     """Training ended, but the model is not clearly better than chance on some category."""
 

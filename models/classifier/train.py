@@ -50,7 +50,7 @@ from models.classifier.data import Manifest, Sample, decode_image, label_matrix
 from models.classifier.evaluate import average_precision, roc_auc
 from models.classifier.preprocess import Preprocess
 from models.classifier.progress import NoProgress, Progress
-from models.errors import ModelDidNotLearn, ModelError
+from models.errors import ModelDidNotLearn, TrainingConfigInvalid
 
 logger = logging.getLogger(__name__)
 
@@ -117,13 +117,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.select_on not in SELECT_ON:
-            raise ModelError(f"select_on must be one of {', '.join(SELECT_ON)}")
+            raise TrainingConfigInvalid(f"select_on must be one of {', '.join(SELECT_ON)}")
         if self.on_weak not in ("error", "warn"):
-            raise ModelError("on_weak must be 'error' or 'warn'")
+            raise TrainingConfigInvalid("on_weak must be 'error' or 'warn'")
         if not 0.0 <= self.min_auc <= 1.0:
-            raise ModelError("min_auc must be within [0, 1]")
+            raise TrainingConfigInvalid("min_auc must be within [0, 1]")
         if self.backbone_lr_factor is not None and self.backbone_lr_factor < 0:
-            raise ModelError("backbone_lr_factor must not be negative")
+            raise TrainingConfigInvalid("backbone_lr_factor must not be negative")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from models.classifier.train import (  # noqa: E402
     quality_gate,
     selection_score,
 )
-from models.errors import ModelError  # noqa: E402
+from models.errors import TrainingConfigInvalid  # noqa: E402
 
 
 def row(auc: list[float], ap: list[float], loss: float) -> dict[str, object]:
@@ -59,7 +59,7 @@ def test_the_quality_gate_names_each_category_below_the_bar_on_either_split() ->
      ({"min_auc": 1.5}, "min_auc"), ({"backbone_lr_factor": -1.0}, "backbone_lr_factor")],
 )
 def test_config_refuses_what_it_cannot_do(kw: dict[str, object], message: str) -> None:
-    with pytest.raises(ModelError, match=message):
+    with pytest.raises(TrainingConfigInvalid, match=message):
         TrainConfig(categories=CATEGORIES, **kw)  # type: ignore[arg-type]
 
 
