@@ -133,7 +133,7 @@ def shuffled(manifest: Path, name: str, *, seed: int = 0) -> Path:
     """The same images with their label lists dealt out again at random within each split."""
     rows = [json.loads(x) for x in manifest.read_text().splitlines()]
     rng = np.random.default_rng(seed)
-    for split in {r["split"] for r in rows}:
+    for split in sorted({r["split"] for r in rows}):  # sorted: set order varies per process
         idx = [i for i, r in enumerate(rows) if r["split"] == split]
         labels = [rows[i]["labels"] for i in idx]
         for i, j in zip(idx, rng.permutation(len(idx)), strict=True):
