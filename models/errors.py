@@ -105,3 +105,31 @@ class ModelNotRegistered(ModelError):
 
     code = "model.not_registered"
     kind = "not_found"
+
+
+# ---- the learning loop's quality gate (issue 15) -------------------------------------------
+class TrainingConfigInvalid(ModelError):
+    """The training configuration asks for something training cannot do."""
+
+    code = "model.training_config_invalid"
+    kind = "invalid"
+
+
+class ModelDidNotLearn(ModelError):
+    """Training ended, but the model is not clearly better than chance on some category."""
+
+    code = "model.did_not_learn"
+    #: the run's files are written (for diagnosis) and marked not registrable; the CLI exits 1
+    kind = "check_failed"
+
+    def __init__(self, detail: str | None = None, *, result: object = None) -> None:
+        super().__init__(detail)
+        #: the TrainResult of the refused run (its model.pt exists, marked not registrable)
+        self.result = result
+
+
+class ModelNotRegistrable(ModelError):
+    """The model failed its training quality gate; registering or promoting it needs force."""
+
+    code = "model.not_registrable"
+    kind = "check_failed"

@@ -3,7 +3,10 @@
 `ClassifierNet` takes the preprocessing object's output as is (N x H x W x 3 uint8) and
 normalises inside, so the exported graph is the whole model.  `ScoringNet` adds the
 calibration (prior correction and temperature per category) and the sigmoid: what it returns
-are the scores served.  Imports torch; import this module only where torch is wanted.
+are the scores served.  The default architecture, EfficientNet-Lite0, starts from ImageNet
+weights that install with the torch extra (no download at run time); the torchvision ones
+start from scratch unless given `--init`.  Imports torch; import this module only where torch
+is wanted.
 """
 
 from __future__ import annotations
@@ -18,30 +21,54 @@ import torch
 import torchvision
 from torch import nn
 
-from models.classifier.preprocess import Preprocess
+from models.classifier import efficientnet_lite
+from models.classifier.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from models.classifier.pretrained import get_weights
 from models.errors import CheckpointInvalid, ModelError, UnknownArchitecture
 
 logger = logging.getLogger(__name__)
 
+#: what `lookfirst train` builds when no --arch is given
+DEFAULT_ARCH = "efficientnet_lite0"
+#: --init values besides a file path: from scratch; the architecture's offline weights
+INIT_NONE = "none"
+INIT_PRETRAINED = "pretrained"
+#: torchvision's ImageNet weights (downloaded, online only), or the offline ones where an
+#: architecture ships them
+INIT_IMAGENET = "imagenet"
+
 
 @dataclass(frozen=True, slots=True)
 class ArchSpec:
-    """How to build one torchvision architecture with a multi-label head."""
+    """How to build one architecture with a multi-label head."""
 
     name: str
-    #: torchvision builder name (torchvision.models.get_model)
+    #: torchvision builder name (torchvision.models.get_model); unused when `factory` is set
     builder: str
     #: torchvision's ImageNet weights enum value, for `--init imagenet` (downloaded online only)
     imagenet_weights: str
     #: state_dict key prefix of the final classification layer (replaced for our categories)
     head: str
     default_size: int = 224
+    #: num_classes -> network, for architectures that are not torchvision's
+    factory: Callable[[int], nn.Module] | None = None
+    #: offline pretrained weights (models.classifier.pretrained): the default start
+    pretrained: str | None = None
+    #: the pixel statistics the network expects (its pretrained weights were trained with)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
     def build(self, num_classes: int) -> nn.Module:
+        if self.factory is not None:
+            return self.factory(num_classes)
         model: nn.Module = torchvision.models.get_model(
             self.builder, weights=None, num_classes=num_classes
         )
         return model
+
+    def preprocess(self, size: int | None = None) -> Preprocess:
+        """The preprocessing object for this architecture at `size` (default: its own)."""
+        return Preprocess(size=size or self.default_size, mean=self.mean, std=self.std)
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {}
@@ -66,6 +93,10 @@ for _spec in (
     ArchSpec("resnet50", "resnet50", "ResNet50_Weights.IMAGENET1K_V2", "fc"),
     ArchSpec("convnext_tiny", "convnext_tiny", "ConvNeXt_Tiny_Weights.IMAGENET1K_V1",
              "classifier.2"),
+    ArchSpec("efficientnet_lite0", "", "", "classifier",
+             factory=efficientnet_lite.efficientnet_lite0,
+             pretrained="efficientnet_lite0.imagenet",
+             mean=efficientnet_lite.MEAN, std=efficientnet_lite.STD),
 ):
     register_architecture(_spec)
 
@@ -129,6 +160,7 @@ class ScoringNet(nn.Module):
 
 
 def build_net(arch: str, categories: Sequence[str], preprocess: Preprocess) -> ClassifierNet:
+    """The architecture with one output per category, normalising with `preprocess`."""
     spec = get_architecture(arch)
     if not categories:
         raise ModelError("a classifier needs at least one category")
@@ -151,15 +183,50 @@ def _unwrap_state_dict(obj: Any) -> Mapping[str, torch.Tensor]:
     raise CheckpointInvalid("the --init file holds no state_dict of tensors")
 
 
-def load_initial_weights(net: ClassifierNet, arch: str, init: Path | str) -> dict[str, Any]:
-    """Load initial backbone weights into `net` from a local file or, online, ImageNet.
+def resolve_init(arch: str, init: str | Path | None) -> str | None:
+    """The start a training run takes: None (from scratch), "pretrained", "imagenet" or a path.
 
-    The head (one output per category) is kept from `net` whenever the file's head has another
-    shape, as with any ImageNet or differently-labelled checkpoint.  Every other parameter
-    must be present and match: a silently half-loaded backbone trains into a worse model.
+    No `init` means the architecture's default: its offline pretrained weights where it has
+    them, else from scratch (as before there were any).  "none" asks for from scratch.
     """
     spec = get_architecture(arch)
-    if str(init) == "imagenet":
+    if init is None or str(init) == "":
+        return INIT_PRETRAINED if spec.pretrained else None
+    if str(init) == INIT_NONE:
+        return None
+    if str(init) == INIT_PRETRAINED and not spec.pretrained:
+        raise _no_offline_weights(arch)
+    return str(init)
+
+
+def _no_offline_weights(arch: str) -> CheckpointInvalid:
+    have = sorted(a.name for a in ARCHITECTURES.values() if a.pretrained)
+    return CheckpointInvalid(
+        f"{arch} ships no offline pretrained weights (those that do: {', '.join(have)}); "
+        "use --init imagenet (online), --init PATH or --init none"
+    )
+
+
+def load_initial_weights(net: ClassifierNet, arch: str, init: Path | str) -> dict[str, Any]:
+    """Load initial backbone weights into `net`: offline pretrained, a local file, or online.
+
+    "pretrained" (and "imagenet", for an architecture that ships its ImageNet weights) loads
+    the installed weights; "imagenet" otherwise downloads torchvision's; anything else is a
+    path.  The head (one output per category) is kept from `net` whenever the file's head has
+    another shape, as with any ImageNet or differently-labelled checkpoint.  Every other
+    parameter must be present and match: a silently half-loaded backbone trains into a worse
+    model.
+    """
+    spec = get_architecture(arch)
+    described: dict[str, Any] = {}
+    if str(init) in (INIT_PRETRAINED, INIT_IMAGENET) and spec.pretrained:
+        weights = get_weights(spec.pretrained)
+        state: Mapping[str, torch.Tensor] = weights.state_dict()
+        source = weights.name
+        described = weights.describe()
+    elif str(init) == INIT_PRETRAINED:
+        raise _no_offline_weights(arch)
+    elif str(init) == INIT_IMAGENET:
         from torchvision.models import get_weight
 
         # Downloads through torchvision's own cache (TORCH_HOME); fails offline, clearly.
@@ -207,7 +274,8 @@ def load_initial_weights(net: ClassifierNet, arch: str, init: Path | str) -> dic
     net.backbone.load_state_dict(backbone_state, strict=False)
     kept_head = [k for k in head_keys if k not in backbone_state]
     logger.info("initial weights loaded", extra={"source": source, "head_reset": kept_head})
-    return {"source": source, "head_reset": sorted(set(kept_head) | set(skipped))}
+    return {"source": source, "head_reset": sorted(set(kept_head) | set(skipped)),
+            "tensors": len(state), **described}
 
 
 def set_threads(threads: int) -> None:

@@ -6,8 +6,10 @@ duplicate is refused, as is the same file under a second version).  At most one 
 `active` (its scores decide outcomes); entries marked `shadow` score the same traffic and
 their scores are kept for comparison; the rest are `inactive`.  Activating a model makes the
 previously active one a shadow, so the old and the new can be compared on live traffic
-before the old one is retired.  Every write holds an exclusive lock and replaces the index
-atomically.  No torch.
+before the old one is retired.  A model that failed its training quality gate (its card says
+`metrics.quality.passed: false`) is neither registered nor made active or shadow without
+`force=True`, which the history records.  Every write holds an exclusive lock and replaces
+the index atomically.  No torch.
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ from models.classifier import torch_extra
 from models.classifier.card import CARD_FILE, ClassifierCard, locate, model_version
 from models.classifier.onnx_scorer import OnnxClassifierScorer, read_verified
 from models.classifier.shadow import ShadowScorer
-from models.errors import DuplicateModel, ModelError, ModelFileMissing, ModelNotRegistered
+from models.errors import (
+    DuplicateModel,
+    ModelError,
+    ModelFileMissing,
+    ModelNotRegistered,
+    ModelNotRegistrable,
+)
 
 Status = Literal["active", "shadow", "inactive"]
 STATUSES: tuple[str, ...] = ("active", "shadow", "inactive")
@@ -65,6 +73,24 @@ class Entry:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def check_registrable(card: ClassifierCard, *, what: str, force: bool = False) -> bool:
+    """Refuse a model whose training failed the quality gate, unless forced; True if forced.
+
+    Cards written before the gate existed carry no verdict and pass.
+    """
+    quality = card.metrics.get("quality")
+    if not isinstance(quality, dict) or quality.get("passed", True):
+        return False
+    if force:
+        return True
+    failing = quality.get("failing") or {}
+    raise ModelNotRegistrable(
+        f"{what}: its training did not clear the quality gate (ROC AUC < "
+        f"{quality.get('min_auc')} on {', '.join(sorted(failing)) or 'some category'}); "
+        "retrain it, or pass force=True (--force) to override"
+    )
 
 
 class ModelRegistry:
@@ -160,9 +186,13 @@ class ModelRegistry:
     # -- changes --------------------------------------------------------------------------
 
     def register(self, model: Path | str, *, version: str | None = None,
-                 status: Status = "inactive") -> Entry:
-        """Copy an exported model (directory, ONNX file or card) in, verified by its card."""
+                 status: Status = "inactive", force: bool = False) -> Entry:
+        """Copy an exported model (directory, ONNX file or card) in, verified by its card.
+
+        A model that failed its training quality gate is refused unless `force`.
+        """
         onnx_path, card = locate(Path(model))
+        forced = check_registrable(card, what=card.name, force=force)
         blob = read_verified(onnx_path, card.onnx.sha256, what=card.name)
         del blob
         version = version or f"sha256-{card.onnx.sha256[:12]}"
@@ -207,7 +237,8 @@ class ModelRegistry:
             }
             index["entries"].append(raw)
             index["history"].append({"at": raw["registered_at"], "action": "register",
-                                     "ref": f"{card.name}@{version}", "status": status})
+                                     "ref": f"{card.name}@{version}", "status": status,
+                                     **({"forced": "quality gate"} if forced else {})})
         return self._entry(raw)
 
     def _demote_active(self, index: dict[str, Any]) -> None:
@@ -218,11 +249,18 @@ class ModelRegistry:
                                          "ref": f"{e['name']}@{e['version']}",
                                          "reason": "another model was activated"})
 
-    def set_status(self, ref: str, status: Status) -> Entry:
+    def set_status(self, ref: str, status: Status, *, force: bool = False) -> Entry:
+        """Change an entry's status; active or shadow needs a model that passed its gate."""
         if status not in STATUSES:
             raise ModelError(f"status must be one of {', '.join(STATUSES)}")
         with self._locked() as index:
             row = self._find(index, ref)
+            forced = False
+            if status in ("active", "shadow") and row["status"] != status:
+                # Even a shadow scores live traffic (and its scores are kept): gate it too.
+                entry = self._entry(row)
+                card = ClassifierCard.load(self.directory(entry) / CARD_FILE)
+                forced = check_registrable(card, what=entry.ref, force=force)
             if status == "active" and row["status"] != "active":
                 # Check the files before they serve: a corrupt model must not become active.
                 entry = self._entry(row)
@@ -232,14 +270,15 @@ class ModelRegistry:
                 self._demote_active(index)
             row["status"] = status
             index["history"].append({"at": _now(), "action": status,
-                                     "ref": f"{row['name']}@{row['version']}"})
+                                     "ref": f"{row['name']}@{row['version']}",
+                                     **({"forced": "quality gate"} if forced else {})})
             return self._entry(row)
 
-    def activate(self, ref: str) -> Entry:
-        return self.set_status(ref, "active")
+    def activate(self, ref: str, *, force: bool = False) -> Entry:
+        return self.set_status(ref, "active", force=force)
 
-    def shadow(self, ref: str) -> Entry:
-        return self.set_status(ref, "shadow")
+    def shadow(self, ref: str, *, force: bool = False) -> Entry:
+        return self.set_status(ref, "shadow", force=force)
 
     def deactivate(self, ref: str) -> Entry:
         return self.set_status(ref, "inactive")
