@@ -41,9 +41,12 @@ def decided(db: Database) -> set[str]:
 
 
 def run_job(images: ImageSet, out: Path, env: dict[str, str], trace: Path,
-            log: Path, kill_after: float | None, *, from_first_batch: bool = False) -> bool:
-    """Run the job; SIGKILL its process group `kill_after` s after its start (or after it
-    sent its first batch to the model).  True if it was killed."""
+            log: Path, kill_after: float | None, *, db: Database,
+            kill_at_decisions: int | None = None,
+            from_first_batch: bool = False) -> bool:
+    """Run the job and SIGKILL its process group: `kill_after` s after its start (or after it
+    sent its first batch to the model), or once `kill_at_decisions` decisions are committed
+    in all (a point in the work, whatever the machine's load).  True if it was killed."""
     cmd = [sys.executable, "-m", "pipeline.batch", str(images.manifest), "--out", str(out),
            "--model", "fp32", "--workers", "2", "--batch-size", "4", "--part-rows", "12",
            "--resume", "--trace", str(trace)]
@@ -51,6 +54,12 @@ def run_job(images: ImageSet, out: Path, env: dict[str, str], trace: Path,
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
+            if kill_at_decisions is not None:
+                deadline = time.monotonic() + 600
+                while proc.poll() is None and time.monotonic() < deadline:
+                    if len(decided(db)) >= kill_at_decisions:
+                        raise subprocess.TimeoutExpired(cmd, 0)
+                    time.sleep(0.02)
             if kill_after is not None and from_first_batch:
                 # past start-up (imports, worker processes): the kill lands among batches
                 while proc.poll() is None and not (trace.exists() and trace.stat().st_size):
@@ -83,9 +92,13 @@ def test_kill_minus_nine_then_resume(tmp_path: Path) -> None:
         for run in range(KILLS + 1):
             before = decided(db)
             trace = tmp_path / f"trace-{run}.txt"
-            delay = rng.uniform(0.2, 6.0) if run < KILLS else None
-            killed = run_job(images, out, env, trace, tmp_path / f"run-{run}.log", delay,
-                             from_first_batch=run % 3 != 0)
+            # every other kill at a point in the work (some decisions further on), so kills land
+            # mid-recording however slow the machine; the others at random moments
+            at_work = run % 2 == 1 and run < KILLS
+            delay = None if at_work or run == KILLS else rng.uniform(0.2, 6.0)
+            target = len(before) + rng.randint(1, 12) if at_work else None
+            killed = run_job(images, out, env, trace, tmp_path / f"run-{run}.log", delay, db=db,
+                             kill_at_decisions=target, from_first_batch=run % 3 != 0)
             # killed after this run had recorded something: the kill landed mid-work
             killed_mid_run += killed and len(decided(db)) > len(before)
             sent = {upload_of[int(x)] for x in trace.read_text().split()} if trace.exists() \
