@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from review.db import Database
-from tests.databases import PgTemplate, SqliteTemplate, fresh_pg_database, require_pg
+from tests.databases import PgServer, SqliteTemplate, require_pg
 from tests.review_support import FakeClock
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -52,11 +52,11 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> SqliteTemplate:
 
 
 @pytest.fixture(scope="session")
-def pg_template() -> Iterator[PgTemplate]:
-    """Built on first use, so a session without PostgreSQL tests never connects."""
-    template = PgTemplate(require_pg())
-    yield template
-    template.drop()
+def pg_server() -> Iterator[PgServer]:
+    """Set up on first use, so a session without PostgreSQL tests never connects."""
+    server = PgServer(require_pg())
+    yield server
+    server.close()
 
 
 @pytest.fixture
@@ -69,12 +69,8 @@ def sqlite_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    if _empty(request):
-        yield from fresh_pg_database(require_pg())
-    else:
-        template: PgTemplate = request.getfixturevalue("pg_template")
-        yield from template.copy()
+def pg_url(request: pytest.FixtureRequest, pg_server: PgServer) -> Iterator[str]:
+    yield from pg_server.empty() if _empty(request) else pg_server.copy()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -1,12 +1,13 @@
-"""Test databases: new PostgreSQL databases next to the test server's URL, and the templates
-(one per test session, migrated once) that each test's SQLite file or PostgreSQL database is
-copied from instead of being migrated again."""
+"""Test databases: a PostgreSQL database or SQLite file of its own for each test, copied from
+a template migrated once per session instead of migrating each one again."""
 
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,14 +54,14 @@ def _unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
 
 
-def fresh_pg_database(base_url: str, *, template: str | None = None) -> Iterator[str]:
-    """Create a new database next to the one in base_url, empty or a copy of `template`; yield
-    its URL and drop it afterwards."""
+def fresh_pg_database(base_url: str) -> Iterator[str]:
+    """Create a new, empty database next to the one in base_url; yield its URL and drop it
+    afterwards."""
     url = make_url(base_url)
     name = _unique("lookfirst_t")
     admin = _admin(base_url)
     try:
-        _create(admin, name, template)
+        _create(admin, name)
         try:
             yield url.set(database=name).render_as_string(hide_password=False)
         finally:
@@ -69,45 +70,88 @@ def fresh_pg_database(base_url: str, *, template: str | None = None) -> Iterator
         admin.dispose()
 
 
-class PgTemplate:
-    """A PostgreSQL database migrated to head, which test databases are copied from
-    (`CREATE DATABASE … TEMPLATE`): one migration per session instead of one per test.
+class PgServer:
+    """The PostgreSQL server the tests run on: each test gets a database of its own, either
+    empty or a copy (`CREATE DATABASE … TEMPLATE`) of a template migrated to head once per
+    session, instead of migrating a new database for every test.
 
     PostgreSQL refuses to copy a database that has a session open, so nothing may connect to
-    it once it is built: the engine that migrated it is disposed, and the server is told to
-    allow no connections to it at all."""
+    the template once it is built: the engine that migrated it is disposed, and the server is
+    told to allow no connections to it at all.
+
+    A test's database is dropped by a background thread once the test is over: DROP DATABASE
+    waits for a checkpoint of the whole server (a second or more on a busy machine), which the
+    next test need not wait for.  `close()` waits for every drop, then drops the template."""
 
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
-        self.name = _unique("lookfirst_tpl")
-        admin = _admin(base_url)
-        try:
-            _create(admin, self.name)
+        self._admin = _admin(base_url)
+        self._template: str | None = None
+        self._drops: queue.Queue[str | None] = queue.Queue()
+        self._dropper: threading.Thread | None = None
+        self._failures: list[str] = []
+
+    def url(self, name: str) -> str:
+        return make_url(self.base_url).set(database=name).render_as_string(hide_password=False)
+
+    def empty(self) -> Iterator[str]:
+        """A fixture body: a new, empty database, dropped afterwards."""
+        yield from self._database(None)
+
+    def copy(self) -> Iterator[str]:
+        """A fixture body: a new database at head (the template's copy), dropped afterwards."""
+        yield from self._database(self._migrated_template())
+
+    def _migrated_template(self) -> str:
+        if self._template is None:
+            name = _unique("lookfirst_tpl")
+            _create(self._admin, name)
             try:
-                database = Database(make_url(base_url).set(database=self.name)
-                                    .render_as_string(hide_password=False))
+                database = Database(self.url(name))
                 try:
                     database.upgrade()
                 finally:
                     database.dispose()
-                with admin.connect() as c:
-                    c.execute(text(f'ALTER DATABASE "{self.name}" WITH ALLOW_CONNECTIONS false'))
+                with self._admin.connect() as c:
+                    c.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'))
             except BaseException:
-                _drop(admin, self.name)
+                _drop(self._admin, name)
                 raise
-        finally:
-            admin.dispose()
+            self._template = name
+        return self._template
 
-    def copy(self) -> Iterator[str]:
-        """A fixture body: a new database at head (the template's copy), dropped afterwards."""
-        yield from fresh_pg_database(self.base_url, template=self.name)
-
-    def drop(self) -> None:
-        admin = _admin(self.base_url)
+    def _database(self, template: str | None) -> Iterator[str]:
+        name = _unique("lookfirst_t")
+        _create(self._admin, name, template)
         try:
-            _drop(admin, self.name)
+            yield self.url(name)
         finally:
-            admin.dispose()
+            if self._dropper is None:
+                self._dropper = threading.Thread(target=self._drop_databases, daemon=True,
+                                                 name="drop test databases")
+                self._dropper.start()
+            self._drops.put(name)
+
+    def _drop_databases(self) -> None:
+        while (name := self._drops.get()) is not None:
+            try:
+                _drop(self._admin, name)
+            except Exception as e:  # reported by close(), in the test session's own thread
+                self._failures.append(f"{name}: {e}")
+
+    def close(self) -> None:
+        """Wait for the tests' databases to be dropped, drop the template; fail if any drop
+        failed (a database left behind)."""
+        try:
+            if self._dropper is not None:
+                self._drops.put(None)
+                self._dropper.join()
+            if self._template is not None:
+                _drop(self._admin, self._template)
+        finally:
+            self._admin.dispose()
+        if self._failures:
+            raise RuntimeError("test databases left behind: " + "; ".join(self._failures))
 
 
 class SqliteTemplate:

@@ -28,7 +28,7 @@ from review.db import Database
 from review.desk import ClaimDesk
 from review.errors import ReviewError
 from review.service import ReviewService
-from tests.databases import PgTemplate
+from tests.databases import PgServer
 from tests.review_support import ACTIONS, FakeClock, make_config, record
 
 pytestmark = pytest.mark.postgres
@@ -74,8 +74,8 @@ ops = st.lists(
 
 
 @pytest.fixture(scope="module")
-def pg_db(pg_template: PgTemplate) -> Iterator[Database]:
-    gen = pg_template.copy()
+def pg_db(pg_server: PgServer) -> Iterator[Database]:
+    gen = pg_server.copy()
     url = next(gen)
     db = Database(url, pool_size=2)
     db.upgrade()
