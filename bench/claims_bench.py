@@ -83,7 +83,7 @@ def pg_database() -> Iterator[str | None]:
     if not base:
         yield None
         return
-    from tests.conftest import fresh_pg_database
+    from tests.databases import fresh_pg_database
 
     gen = fresh_pg_database(base)
     url = next(gen)

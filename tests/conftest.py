@@ -1,19 +1,18 @@
-"""Shared fixtures: real SQLite and real PostgreSQL databases, fresh for each test."""
+"""Shared fixtures: real SQLite and real PostgreSQL databases, fresh for each test (copies of
+a template migrated once per session), and the hand-moved clock."""
 
 from __future__ import annotations
 
-import datetime as dt
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from review.db import Database
+from tests.databases import PgServer, SqliteTemplate, require_pg
+from tests.review_support import FakeClock
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
@@ -28,84 +27,66 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("LOOKFIRST_HYPOTHESIS_PROFILE", "ci"))
 
-ROOT = Path(__file__).resolve().parent.parent
-PG_URL = os.environ.get("LOOKFIRST_TEST_DATABASE_URL")
-IN_CI = bool(os.environ.get("CI"))
+
+def pytest_configure(config: pytest.Config) -> None:
+    # declared here, next to the fixtures that read them
+    config.addinivalue_line(
+        "markers",
+        "migrations: tests of the migrations themselves: sqlite_url, pg_url and db_url are "
+        "empty databases, and `db` migrates its own from scratch",
+    )
+    config.addinivalue_line(
+        "markers",
+        "api_server(scorer, env, client_scopes): the module's `api` server (tests/integration) "
+        "and the scopes of its `client`'s key",
+    )
 
 
-def _require_pg() -> str:
-    if PG_URL:
-        return PG_URL
-    if IN_CI:
-        pytest.fail("CI must set LOOKFIRST_TEST_DATABASE_URL (PostgreSQL tests may not skip in CI)")
-    pytest.skip("LOOKFIRST_TEST_DATABASE_URL is not set: no PostgreSQL on this laptop")
+def _empty(request: pytest.FixtureRequest) -> bool:
+    return request.node.get_closest_marker("migrations") is not None
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> SqliteTemplate:
+    return SqliteTemplate(tmp_path_factory.mktemp("template") / "lookfirst.db")
 
 
-def fresh_pg_database(base_url: str) -> Iterator[str]:
-    """Create a new, empty database next to the one in base_url; drop it afterwards."""
-    url = make_url(base_url)
-    name = f"lookfirst_t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as c:
-            c.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
-                ),
-                {"n": name},
-            )
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
-
-
-def pg_base_url() -> str:
-    """The PostgreSQL server's URL (fails in CI without one, skips on a laptop)."""
-    return _require_pg()
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """Set up on first use, so a session without PostgreSQL tests never connects."""
+    server = PgServer(require_pg())
+    yield server
+    server.close()
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'lookfirst.db'}"
+def sqlite_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    path = tmp_path / "lookfirst.db"
+    if _empty(request):
+        return f"sqlite:///{path}"
+    template: SqliteTemplate = request.getfixturevalue("sqlite_template")
+    return template.copy_to(path)
 
 
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    yield from fresh_pg_database(_require_pg())
+def pg_url(request: pytest.FixtureRequest, pg_server: PgServer) -> Iterator[str]:
+    yield from pg_server.empty() if _empty(request) else pg_server.copy()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'lookfirst.db'}"
-    else:
-        yield from fresh_pg_database(_require_pg())
+def db_url(request: pytest.FixtureRequest) -> str:
+    """A database at head (or empty, under the `migrations` marker), on each backend."""
+    url: str = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+    return url
 
 
 @pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
+def db(request: pytest.FixtureRequest, db_url: str) -> Iterator[Database]:
     database = Database(db_url)
-    database.upgrade()
+    if _empty(request):
+        database.upgrade()  # the migrations under test build the schema, as on a new install
     yield database
     database.dispose()
-
-
-class FakeClock:
-    """A clock the tests move by hand, so leases and windows expire without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-    def advance(self, **kw: float) -> None:
-        self.now += dt.timedelta(**kw)
 
 
 @pytest.fixture

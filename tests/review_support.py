@@ -1,4 +1,5 @@
-"""A small review configuration and helpers shared by the review tests (no policy file)."""
+"""A small review configuration, the hand-moved clock and helpers shared by the review tests
+(no policy file)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,19 @@ def actions_for_verdict(verdict: str, categories: Sequence[str]) -> list[str]:
         return []
     worst = max((SEVERITY[c] for c in categories), key=_RANK.index)
     return list(ACTIONS[worst])
+
+
+class FakeClock:
+    """A clock the tests move by hand, so leases and windows expire without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, **kw: float) -> None:
+        self.now += dt.timedelta(**kw)
 
 
 H = dt.timedelta(hours=1)

@@ -32,7 +32,6 @@ from tests.integration.api_conftest_helpers import (
     SAMPLES,
     ApiServer,
     raw_request,
-    running,
     start_server,
 )
 
@@ -51,17 +50,8 @@ ENV = {
     "LOOKFIRST_NOTICE_PERIOD_HOURS": "0",
     "LOOKFIRST_LOG_LEVEL": "INFO",
 }
-
-
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    yield from running(tmp_path_factory.mktemp("api"), scorer="nudenet", env=ENV)
-
-
-@pytest.fixture(scope="module")
-def client(api: ApiServer) -> Iterator[httpx.Client]:
-    with api.client(api.key("classify", "appeal")) as c:
-        yield c
+pytestmark = pytest.mark.api_server(scorer="nudenet", env=ENV,
+                                    client_scopes=("classify", "appeal"))
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,12 @@ import pytest
 from pipeline.previews import sign_link
 from pipeline.settings import DEV_SECRET
 from tests.hostile import encode
-from tests.integration.api_conftest_helpers import ApiServer, running
+from tests.integration.api_conftest_helpers import ApiServer
+
+pytestmark = pytest.mark.api_server(
+    scorer="pixel",
+    env={"LOOKFIRST_API_RATE_PER_MINUTE": "10000000", "LOOKFIRST_API_KEY_CACHE_S": "0"},
+)
 
 COLUMNS: Final = ("none", "invalid", "revoked", "classify", "review", "appeal", "admin")
 
@@ -152,12 +157,6 @@ class Fixtures:
                 method, f"/v1/originals/{self.link('original')}", {}),
         }
         return builders.get(template, lambda: Call(method, template, {}))()
-
-
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    env = {"LOOKFIRST_API_RATE_PER_MINUTE": "10000000", "LOOKFIRST_API_KEY_CACHE_S": "0"}
-    yield from running(tmp_path_factory.mktemp("matrix"), scorer="pixel", env=env)
 
 
 @pytest.fixture(scope="module")

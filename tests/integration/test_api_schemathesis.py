@@ -10,7 +10,7 @@ the test uses (POST /v1/keys/{id}/revoke is in the schema): the test then mints 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -28,7 +28,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.hostile import encode, quadrants
-from tests.integration.api_conftest_helpers import ApiServer, running
+from tests.integration.api_conftest_helpers import ApiServer
+
+pytestmark = pytest.mark.api_server(scorer="pixel",
+                                    env={"LOOKFIRST_API_RATE_PER_MINUTE": "10000000"})
 
 CHECKS = [
     not_a_server_error,
@@ -57,12 +60,6 @@ class Admin:
             if r.status_code == 401:
                 self.key = self.api.new_key("admin", name="schemathesis")
                 self.minted += 1
-
-
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    env = {"LOOKFIRST_API_RATE_PER_MINUTE": "10000000"}
-    yield from running(tmp_path_factory.mktemp("schemathesis"), scorer="pixel", env=env)
 
 
 @pytest.fixture(scope="module")

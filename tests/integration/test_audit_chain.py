@@ -13,8 +13,7 @@ from review import audit
 from review.db import Database
 from review.schema import AuditEvent
 from review.service import ReviewService
-from tests.conftest import FakeClock
-from tests.review_support import record
+from tests.review_support import FakeClock, record
 
 
 @pytest.fixture

@@ -21,23 +21,10 @@ from review.errors import InvalidTransition, NotClaimant, NotEntitled, ReviewErr
 from review.schema import Action, Appeal, AuditEvent, ReviewItem, VerdictRow
 from review.service import NewUpload, ReviewService
 from review.states import ActionStatus, ItemStatus
-from tests.conftest import FakeClock
-from tests.review_support import ACTIONS, make_config, routing, seed_reviewers, sha
+from tests.review_support import ACTIONS, FakeClock, routing, sha
 
 SEVERE: dict[str, Any] = dict(queue="severe", severity="critical", reviewers_required=2,
                               proposed=ACTIONS["critical"])
-
-
-@pytest.fixture
-def svc(clock: FakeClock) -> ReviewService:
-    return ReviewService(make_config(), clock=clock)
-
-
-@pytest.fixture
-def seeded(db: Database, svc: ReviewService) -> Database:
-    with db.transaction() as s:
-        seed_reviewers(svc, s)
-    return db
 
 
 def same_image(n: int | str, image: str, account: str = "acct-1") -> NewUpload:

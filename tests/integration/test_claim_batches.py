@@ -15,8 +15,7 @@ from review.db import Database
 from review.errors import ExposureCapReached, NothingToClaim, ReviewError
 from review.schema import AuditEvent
 from review.service import MAX_CLAIM_BATCH, ReviewService
-from tests.conftest import FakeClock
-from tests.review_support import ACTIONS, make_config, record_many
+from tests.review_support import ACTIONS, FakeClock, make_config, record_many
 
 SEVERE: dict[str, Any] = dict(queue="severe", severity="critical", reviewers_required=2,
                               proposed=ACTIONS["critical"])

@@ -30,8 +30,7 @@ from review.errors import (
 from review.schema import AuditEvent, ReviewItem
 from review.service import MAX_CLAIM_BATCH, ReviewService
 from review.states import ItemStatus
-from tests.conftest import FakeClock
-from tests.review_support import make_config, record_many
+from tests.review_support import FakeClock, make_config, record_many
 
 
 def item_rows(db: Database) -> dict[int, tuple[str, str | None]]:

@@ -27,8 +27,8 @@ from review import intake as intake_module
 from review.db import Database
 from review.errors import ReviewError
 from review.service import ReviewService
-from tests.conftest import FakeClock, fresh_pg_database, pg_base_url
-from tests.review_support import ACTIONS, make_config, record
+from tests.databases import PgServer
+from tests.review_support import ACTIONS, FakeClock, make_config, record
 
 pytestmark = pytest.mark.postgres
 
@@ -74,8 +74,8 @@ ops = st.lists(
 
 
 @pytest.fixture(scope="module")
-def pg_db() -> Iterator[Database]:
-    gen = fresh_pg_database(pg_base_url())
+def pg_db(pg_server: PgServer) -> Iterator[Database]:
+    gen = pg_server.copy()
     url = next(gen)
     db = Database(url, pool_size=2)
     db.upgrade()

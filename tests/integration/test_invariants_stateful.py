@@ -37,8 +37,7 @@ from review.errors import ReviewError
 from review.schema import Action, Base, ReviewItem, UTCDateTime, VerdictRow
 from review.service import ReviewService
 from review.states import AFTER_APPEAL_WINDOW, REVERSAL_KINDS, ItemStatus
-from tests.conftest import FakeClock
-from tests.review_support import ACTIONS, QUEUES, make_config, record
+from tests.review_support import ACTIONS, QUEUES, FakeClock, make_config, record
 
 #: reviewer -> (queues, roles); dan is a member of medical and severe without the roles
 REVIEWERS: dict[str, tuple[list[str], list[str]]] = {

@@ -3,12 +3,17 @@ and the database itself holds the invariants' constraints."""
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
 from review.db import Database, current_revision
 from review.schema import Base
+
+# the database fixtures start empty here: these tests are about building the schema, so they
+# must not get a copy of the session's template
+pytestmark = pytest.mark.migrations
 
 
 def test_migrations_match_the_declared_schema(db: Database) -> None:

@@ -33,9 +33,8 @@ from review.outbox import (
 )
 from review.schema import Outbox
 from review.service import ReviewService
-from tests.conftest import FakeClock
 from tests.integration.flaky_receiver import Faults, FlakyReceiver
-from tests.review_support import make_config, record, seed_reviewers
+from tests.review_support import FakeClock, make_config, record, seed_reviewers
 
 SECRET = "webhook-secret-for-tests"
 #: short delays: the fake clock jumps past them; the real one waits at most a second or two
@@ -46,11 +45,6 @@ HANG_S = 0.5  # longer than the client waits: the sender sees a timeout, the eff
 
 
 # ---- fixtures and helpers ------------------------------------------------------------------
-@pytest.fixture
-def svc(clock: FakeClock) -> ReviewService:
-    return ReviewService(make_config(), clock=clock)
-
-
 @pytest.fixture
 def receiver() -> Iterator[FlakyReceiver]:
     r = FlakyReceiver(secret=SECRET, seed=20261125).start()

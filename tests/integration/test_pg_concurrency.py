@@ -28,8 +28,7 @@ from review.errors import NothingToClaim
 from review.schema import Content, Decision, ReviewItem, Upload
 from review.service import QueueRules, ReviewConfig, ReviewService
 from review.states import ItemKind
-from tests.conftest import FakeClock
-from tests.review_support import make_config, sha
+from tests.review_support import FakeClock, make_config, sha
 
 pytestmark = pytest.mark.postgres
 

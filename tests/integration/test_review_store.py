@@ -36,8 +36,7 @@ from review.states import (
     ActionStatus,
     ItemStatus,
 )
-from tests.conftest import FakeClock
-from tests.review_support import ACTIONS, make_config, record, upload
+from tests.review_support import ACTIONS, FakeClock, make_config, record, upload
 
 H = dt.timedelta(hours=1)
 SEVERE: dict[str, Any] = dict(queue="severe", severity="critical", reviewers_required=2,
