@@ -11,8 +11,7 @@ from review import ClaimDesk, ReviewService, audit
 from review.claims.function import SIGNATURE
 from review.db import Database, alembic_config, current_revision
 from review.schema import AuditEvent
-from tests.conftest import FakeClock
-from tests.review_support import make_config, record_many, seed_reviewers
+from tests.review_support import FakeClock, make_config, record_many, seed_reviewers
 
 OLD_ARGS = ("text, text, integer, integer, timestamp without time zone, timestamp without time "
             "zone, integer, text[], text[], integer[], timestamp without time zone[]")
