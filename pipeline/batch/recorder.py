@@ -22,8 +22,7 @@ from pipeline.errors import PipelineError
 from pipeline.policy import Context
 from pipeline.runtime import Runtime
 from pipeline.scoring import Orchestrator, Scored, UploadRequest
-from review import banks
-from review.service import NewUpload, Routing
+from review import NewUpload, Routing, bank_lookup_many
 
 __all__ = ["BatchRecorder", "error_row", "result_row"]
 
@@ -139,7 +138,7 @@ class BatchRecorder:
         if not scoring:
             return results
         with rt.db.transaction() as s:
-            matches = banks.lookup_many(s, [p.sha256 or "" for _, p in scoring])
+            matches = bank_lookup_many(s, [p.sha256 or "" for _, p in scoring])
             for row, p in scoring:
                 assert p.sha256 is not None and p.mime is not None and p.model_version
                 request = _request(row)
