@@ -52,12 +52,14 @@ test-fast: venv-test
 test-slow: venv-test browser
 	LOOKFIRST_HYPOTHESIS_PROFILE=slow $(PY) -m pytest -q -p no:cacheprovider
 
+## make lint: ruff, mypy strict, and the import contracts (the packages' arrows, in pyproject.toml)
 lint: venv-test
 	$(VENV)/bin/ruff check pipeline models review tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: venv-test
 	$(PY) -m bench
 
 clean:
-	rm -rf var test-artifacts .pytest_cache
+	rm -rf var test-artifacts .pytest_cache .import_linter_cache

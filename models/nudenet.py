@@ -438,7 +438,12 @@ class NudeNetScorer(Scorer):
     # -- the Scorer seam ------------------------------------------------------------------
 
     def _score(self, images: Sequence[RGBImage]) -> list[ScoreResult]:
-        detections = self.detect(images)
+        return self.results(self.detect(images), model_version=self.version)
+
+    def results(self, detections: Sequence[Sequence[Detection]], *,
+                model_version: str) -> list[ScoreResult]:
+        """Each image's detections as scores (a category's best detection) and evidence; the
+        faster variants (models.nudenet_fast) pass their own version."""
         results: list[ScoreResult] = []
         for found in detections:
             scores = dict.fromkeys(self.categories, 0.0)
@@ -450,6 +455,6 @@ class NudeNetScorer(Scorer):
                 scores[category] = max(scores[category], det.score)
                 evidence.append(Evidence(category, det.label, det.score, det.box))
             results.append(
-                ScoreResult(model_version=self.version, scores=scores, evidence=tuple(evidence))
+                ScoreResult(model_version=model_version, scores=scores, evidence=tuple(evidence))
             )
         return results

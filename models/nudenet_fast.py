@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from models.base import Evidence, RGBImage, Scorer, ScoreResult
+from models.base import RGBImage, Scorer, ScoreResult
 from models.calibration import (
     CALIBRATION_SEED,
     HELD_OUT_SEED,
@@ -200,9 +200,6 @@ class _VariantScorer(Scorer):
         # preprocessing and NMS; its own session stays as the fp32 reference.
         self.base = NudeNetScorer(threads=max(threads, 1), card=card)
         self.categories = self.base.categories
-        self._category_of = {
-            label: cat for label, cat in self.base.card.category_map.items() if cat is not None
-        }
 
     def run_model(self, tensor: FloatArray) -> FloatArray:
         raise NotImplementedError
@@ -212,20 +209,7 @@ class _VariantScorer(Scorer):
         raw = np.asarray(self.run_model(tensor), dtype=np.float32)
         if raw.shape[0] != len(images):
             raise ModelError(f"unexpected model output shape {raw.shape}")
-        results: list[ScoreResult] = []
-        for found in self.base.postprocess(raw, meta):
-            scores = dict.fromkeys(self.categories, 0.0)
-            evidence: list[Evidence] = []
-            for det in found:
-                category = self._category_of.get(det.label)
-                if category is None:
-                    continue
-                scores[category] = max(scores[category], det.score)
-                evidence.append(Evidence(category, det.label, det.score, det.box))
-            results.append(
-                ScoreResult(model_version=self.version, scores=scores, evidence=tuple(evidence))
-            )
-        return results
+        return self.base.results(self.base.postprocess(raw, meta), model_version=self.version)
 
 
 class OpenVinoScorer(_VariantScorer):

@@ -17,11 +17,11 @@ import httpx
 
 from pipeline.errors import ConfigurationError
 from pipeline.runtime import Runtime
-from review.outbox import (
+from review import (
     DELIVERED,
+    DeliveryFailed,
     DeliveryPolicy,
-    Failed,
-    Message,
+    OutboxMessage,
     OutboxWorker,
     SinkResult,
 )
@@ -65,11 +65,13 @@ class WebhookSink:
     def close(self) -> None:
         self.client.close()
 
-    def deliver(self, messages: Sequence[Message]) -> Iterator[tuple[Message, SinkResult]]:
+    def deliver(
+        self, messages: Sequence[OutboxMessage]
+    ) -> Iterator[tuple[OutboxMessage, SinkResult]]:
         for message in messages:
             yield message, self.post(message)
 
-    def post(self, message: Message) -> SinkResult:
+    def post(self, message: OutboxMessage) -> SinkResult:
         body = json.dumps(
             {"id": message.key, "topic": message.topic, "payload": message.payload},
             sort_keys=True, separators=(",", ":"),
@@ -84,10 +86,10 @@ class WebhookSink:
         try:
             resp = self.client.post(self.url, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            return Failed(type(exc).__name__)
+            return DeliveryFailed(type(exc).__name__)
         if 200 <= resp.status_code < 300:
             return DELIVERED
-        return Failed(f"HTTP {resp.status_code}")
+        return DeliveryFailed(f"HTTP {resp.status_code}")
 
 
 def platform_worker(rt: Runtime) -> OutboxWorker:

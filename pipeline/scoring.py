@@ -8,7 +8,7 @@ again: its stored decision is returned (invariant 4: exactly once, one outcome).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +18,9 @@ from sqlalchemy.exc import IntegrityError
 
 from models.base import ScoreResult
 from pipeline.errors import ImageTooLarge, PipelineError
+from pipeline.evidence import evidence_rows, shadow_rows
 from pipeline.ingest import IngestedImage, ingest_bytes
-from pipeline.policy import Context, PolicyDecision
+from pipeline.policy import Context, Policy
 from pipeline.runtime import Runtime
 from review import NewUpload, Recorded, Routing, bank_lookup, bank_lookup_many, get_decision
 
@@ -52,6 +53,14 @@ class Scored:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def took(self, recorded: Recorded, routing: Routing) -> None:
+        """This upload's decision was recorded now, from `routing`."""
+        self.recorded = recorded
+        self.scores = dict(routing.scores)
+        self.model_version = routing.model_version
+        self.policy_version = routing.policy_version
+        self.reasons = dict(routing.reasons)
 
     def as_dict(self) -> dict[str, Any]:
         base: dict[str, Any] = {
@@ -218,45 +227,13 @@ class Orchestrator:
     ) -> None:
         rt = self.rt
         req = scored.request
-        decision: PolicyDecision = rt.policy.evaluate(
-            result.scores, req.context, content_sha256=image.sha256, bank_match=bank_match
-        )
-        reasons = {
-            **decision.reasons,
-            "content_sha256": image.sha256,
-            "model_version": result.model_version,
-            "evidence": [
-                {"category": e.category, "label": e.label, "score": round(e.score, 4),
-                 "box": [round(v, 1) for v in e.box] if e.box else None}
-                for e in result.evidence
-            ],
-        }
+        routing = routing_for(rt.policy, req, sha256=image.sha256, scores=result.scores,
+                              model_version=result.model_version,
+                              evidence=evidence_rows(result), shadow=shadow_rows(result),
+                              bank_match=bank_match)
         rt.blobs.put(data)  # before the record: a decision never points at a missing blob
-        routing = Routing(
-            outcome=decision.outcome,
-            queue=decision.queue,
-            severity=decision.severity,
-            priority=decision.priority,
-            reviewers_required=decision.reviewers_required,
-            proposed_actions=tuple(decision.proposed_actions),
-            qa_sample=decision.qa_sample,
-            scores={k: round(float(v), 4) for k, v in result.scores.items()},
-            reasons=reasons,
-            model_version=result.model_version,
-            policy_version=rt.policy.version,
-            shadow_scores=_shadow_rows(result),
-        )
-        upload = NewUpload(
-            account_id=req.account_id,
-            external_id=req.external_id,
-            source=req.source,
-            context=req.context.model_dump(),
-            sha256=image.sha256,
-            mime=image.mime,
-            width=image.width,
-            height=image.height,
-            size_bytes=image.size_bytes,
-        )
+        upload = new_upload(req, sha256=image.sha256, mime=image.mime, width=image.width,
+                            height=image.height, size_bytes=image.size_bytes)
         recorded = None
         for attempt in range(3):
             try:
@@ -273,11 +250,7 @@ class Orchestrator:
             with rt.db.transaction() as s:
                 self.fill_from_store(s, scored, recorded)
             return
-        scored.recorded = recorded
-        scored.scores = dict(routing.scores)
-        scored.model_version = result.model_version
-        scored.policy_version = rt.policy.version
-        scored.reasons = reasons
+        scored.took(recorded, routing)
         log.info(
             "scored",
             extra={"decision_id": recorded.decision_id, "outcome": recorded.outcome,
@@ -285,13 +258,52 @@ class Orchestrator:
         )
 
 
-def _shadow_rows(result: ScoreResult) -> tuple[dict[str, Any], ...]:
-    """Shadow models' scores, when the scorer runs any (models.classifier.shadow); read by
-    duck type so the scoring path does not import the torch-side package."""
-    rows = getattr(result, "shadow", ())
-    return tuple(
-        {"model_version": r.model_version, "scores": {k: round(float(v), 4)
-                                                      for k, v in r.scores.items()},
-         "error": r.error}
-        for r in rows
+def routing_for(
+    policy: Policy,
+    req: UploadRequest,
+    *,
+    sha256: str,
+    scores: Mapping[str, float],
+    model_version: str,
+    evidence: Sequence[Mapping[str, Any]],
+    shadow: Sequence[Mapping[str, Any]],
+    bank_match: str | None,
+) -> Routing:
+    """The policy's decision on one image as the review store records it, with the statement
+    of reasons: the one builder behind the API's and the batch job's decisions (the tests
+    compare the two paths row by row).  `evidence` and `shadow` are `pipeline.evidence` rows."""
+    decision = policy.evaluate(scores, req.context, content_sha256=sha256,
+                               bank_match=bank_match)
+    reasons = {
+        **decision.reasons,
+        "content_sha256": sha256,
+        "model_version": model_version,
+        "evidence": [
+            {"category": e["category"], "label": e["label"],
+             "score": round(float(e["score"]), 4),
+             "box": [round(float(v), 1) for v in e["box"]] if e["box"] else None}
+            for e in evidence
+        ],
+    }
+    return Routing(
+        outcome=decision.outcome,
+        queue=decision.queue,
+        severity=decision.severity,
+        priority=decision.priority,
+        reviewers_required=decision.reviewers_required,
+        proposed_actions=tuple(decision.proposed_actions),
+        qa_sample=decision.qa_sample,
+        scores={k: round(float(v), 4) for k, v in scores.items()},
+        reasons=reasons,
+        model_version=model_version,
+        policy_version=policy.version,
+        shadow_scores=tuple(shadow),
     )
+
+
+def new_upload(req: UploadRequest, *, sha256: str, mime: str, width: int, height: int,
+               size_bytes: int) -> NewUpload:
+    """One arrival of the content, as the review store records it."""
+    return NewUpload(account_id=req.account_id, external_id=req.external_id, source=req.source,
+                     context=req.context.model_dump(), sha256=sha256, mime=mime, width=width,
+                     height=height, size_bytes=size_bytes)

@@ -1,8 +1,9 @@
 """The system of record for human review: schema, state machine, queue, verdicts, actions,
-outbox and the hash-chained audit log.  Knows nothing of models or HTTP routing.
+outbox, the hash-chained audit log and the Label Studio sync's records.  Knows nothing of
+models or HTTP routing.
 
 This module is review's public interface: `pipeline` imports from here, never from the
-submodules (tests/unit/test_package_imports.py holds it to that)."""
+submodules (`make lint` holds it to that: the import-linter contracts in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -47,18 +48,47 @@ from review.idempotency import (
     find_stored_response,
     save_stored_response,
 )
-from review.outbox import DeliveryPolicy, DeliveryReport, OutboxWorker
+from review.labelstudio import TASK_TOPIC as LABELSTUDIO_TASK_TOPIC
+from review.labelstudio import ProjectRecord as LabelStudioProjectRecord
+from review.labelstudio import SyncStatus as LabelStudioSyncStatus
+from review.labelstudio import annotation_judged as labelstudio_annotation_judged
+from review.labelstudio import enqueue_tasks as enqueue_labelstudio_tasks
+from review.labelstudio import map_reviewer as map_labelstudio_reviewer
+from review.labelstudio import projects as labelstudio_projects
+from review.labelstudio import record_annotation as record_labelstudio_annotation
+from review.labelstudio import record_tasks as record_labelstudio_tasks
+from review.labelstudio import reviewer_for_email as labelstudio_reviewer_for_email
+from review.labelstudio import reviewer_for_user as labelstudio_reviewer_for_user
+from review.labelstudio import save_project as save_labelstudio_project
+from review.labelstudio import save_state as save_labelstudio_sync_state
+from review.labelstudio import status as labelstudio_sync_status
+from review.labelstudio import task_item as labelstudio_task_item
+from review.outbox import (
+    DELIVERED,
+    Delivered,
+    DeliveryPolicy,
+    DeliveryReport,
+    OutboxWorker,
+    SinkResult,
+)
+from review.outbox import Failed as DeliveryFailed
+from review.outbox import Message as OutboxMessage
+from review.outbox import Sink as OutboxSink
 from review.outbox import backlog as outbox_backlog
 from review.outbox import list_rows as list_outbox
 from review.outbox import requeue_dead as requeue_dead_outbox
 from review.records import (
+    AccountHistory,
     AppealRecord,
     DecisionRecord,
+    ItemState,
+    account_history,
     content_mime,
     get_appeal,
     get_decision,
     human_resolutions,
     item_content,
+    item_state,
     iter_decisions,
 )
 from review.service import SYSTEM, ReviewService, utcnow
@@ -134,18 +164,43 @@ __all__ = [
     "bank_lookup_many",
     "import_bank_hashes",
     "list_bank_entries",
-    # the outbox
+    # the outbox and its sinks
+    "DELIVERED",
+    "Delivered",
+    "DeliveryFailed",
     "DeliveryPolicy",
     "DeliveryReport",
+    "OutboxMessage",
+    "OutboxSink",
     "OutboxWorker",
+    "SinkResult",
     "list_outbox",
     "outbox_backlog",
     "requeue_dead_outbox",
+    # the Label Studio sync's records (never commit)
+    "LABELSTUDIO_TASK_TOPIC",
+    "LabelStudioProjectRecord",
+    "LabelStudioSyncStatus",
+    "enqueue_labelstudio_tasks",
+    "labelstudio_annotation_judged",
+    "labelstudio_projects",
+    "labelstudio_reviewer_for_email",
+    "labelstudio_reviewer_for_user",
+    "labelstudio_sync_status",
+    "labelstudio_task_item",
+    "map_labelstudio_reviewer",
+    "record_labelstudio_annotation",
+    "record_labelstudio_tasks",
+    "save_labelstudio_project",
+    "save_labelstudio_sync_state",
     # repositories for the pipeline (never commit)
+    "AccountHistory",
     "ApiKeyRecord",
     "AppealRecord",
     "DecisionRecord",
+    "ItemState",
     "StoredResponse",
+    "account_history",
     "add_api_key",
     "content_mime",
     "delete_stored_response",
@@ -156,6 +211,7 @@ __all__ = [
     "get_decision",
     "human_resolutions",
     "item_content",
+    "item_state",
     "iter_decisions",
     "list_api_keys",
     "revoke_api_key",

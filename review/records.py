@@ -1,7 +1,7 @@
 """Plain reads of the record for callers outside review (the API, scoring, the policy
-backtest): decisions with their uploads, appeals, the content a review item shows, and the
-resolutions people reached.  Repository functions: keyword-only, plain values out, never a
-commit (the caller owns the transaction)."""
+backtest, the Label Studio sync): decisions with their uploads, appeals, a review item's
+content and lease, an account's history, and the resolutions people reached.  Repository
+functions: keyword-only, plain values out, never a commit (the caller owns the transaction)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from review.schema import Appeal, Content, Decision, ReviewItem, Upload
+from review.schema import Appeal, Content, Decision, ReviewItem, Upload, VerdictRow
 from review.states import ItemKind, ItemStatus
 
 
@@ -45,6 +45,25 @@ class AppealRecord:
     statement: str
     created_at: dt.datetime
     resolved_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemState:
+    """Where a review item stands: its queue, status and lease."""
+
+    id: int
+    queue: str
+    status: str
+    claimed_by: str | None
+    lease_expires_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountHistory:
+    """An account's earlier record: decisions per outcome, verdicts per verdict."""
+
+    outcomes: dict[str, int]
+    verdicts: dict[str, int]
 
 
 def _decision(d: Decision, u: Upload) -> DecisionRecord:
@@ -115,3 +134,32 @@ def item_content(s: Session, *, item_id: int) -> str | None:
 def content_mime(s: Session, *, sha256: str) -> str | None:
     """The media type the content was received as (None: unknown content)."""
     return s.execute(select(Content.mime).where(Content.sha256 == sha256)).scalar_one_or_none()
+
+
+def item_state(s: Session, *, item_id: int) -> ItemState | None:
+    """Where review item `item_id` stands (None: no such item)."""
+    row = s.execute(
+        select(ReviewItem.id, ReviewItem.queue, ReviewItem.status, ReviewItem.claimed_by,
+               ReviewItem.lease_expires_at).where(ReviewItem.id == item_id)
+    ).first()
+    return None if row is None else ItemState(*row)
+
+
+def account_history(s: Session, *, account_id: str, excluding_decision: str) -> AccountHistory:
+    """The account's decisions and verdicts other than those on `excluding_decision` (the one
+    a reviewer is looking at)."""
+    outcomes = s.execute(
+        select(Decision.outcome, func.count())
+        .join(Upload, Upload.id == Decision.upload_id)
+        .where(Upload.account_id == account_id, Decision.id != excluding_decision)
+        .group_by(Decision.outcome)
+    ).all()
+    verdicts = s.execute(
+        select(VerdictRow.verdict, func.count())
+        .join(ReviewItem, ReviewItem.id == VerdictRow.item_id)
+        .where(ReviewItem.account_id == account_id,
+               ReviewItem.decision_id != excluding_decision)
+        .group_by(VerdictRow.verdict)
+    ).all()
+    return AccountHistory(outcomes={o: int(n) for o, n in outcomes},
+                          verdicts={v: int(n) for v, n in verdicts})

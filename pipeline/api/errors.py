@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from models.errors import CodedError
 from pipeline.blobs import BlobError
 from pipeline.errors import ErrorKind, PipelineError
-from review.errors import ReviewError
+from review import ReviewError
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.base import RGBImage, Scorer, ScoreResult
+from models.base import RGBImage, Scorer
 from pipeline.batch.errors import FILE_NOT_FOUND, FILE_UNREADABLE
 from pipeline.batch.sources import read_bytes
 from pipeline.blobs import LocalBlobStore
 from pipeline.errors import ErrorKind, ImageTooLarge, PipelineError
+from pipeline.evidence import evidence_rows, shadow_rows
 from pipeline.ingest import IngestedImage, ingest_bytes
 
 __all__ = ["OUTPUT_COLUMNS", "Prediction", "Predictor", "PredictorSpec", "rows_to_batch"]
@@ -175,8 +176,8 @@ class Predictor:
             for i, result in zip(where, self.scorer.score(images), strict=True):
                 cols["model_version"][i] = result.model_version
                 cols["scores"][i] = json.dumps(dict(result.scores))
-                cols["evidence"][i] = json.dumps(_evidence(result))
-                cols["shadow"][i] = json.dumps(_shadow(result))
+                cols["evidence"][i] = json.dumps(evidence_rows(result))
+                cols["shadow"][i] = json.dumps(shadow_rows(result))
         out: dict[str, npt.NDArray[Any]] = {}
         for name in OUTPUT_COLUMNS:
             if name in ("ordinal", "width", "height", "size_bytes"):
@@ -198,15 +199,3 @@ class _RowError(PipelineError):
         self.row_code = row_code
 
 
-def _evidence(result: ScoreResult) -> list[dict[str, Any]]:
-    return [{"category": e.category, "label": e.label, "score": e.score,
-             "box": list(e.box) if e.box else None} for e in result.evidence]
-
-
-def _shadow(result: ScoreResult) -> list[dict[str, Any]]:
-    """Shadow models' scores, read by duck type as pipeline.scoring does (the classifier
-    registry's scorer carries them)."""
-    rows = getattr(result, "shadow", ())
-    return [{"model_version": r.model_version,
-             "scores": {k: round(float(v), 4) for k, v in r.scores.items()},
-             "error": r.error} for r in rows]

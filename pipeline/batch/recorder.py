@@ -21,9 +21,8 @@ from pipeline.batch.sources import SourceRow
 from pipeline.errors import PipelineError
 from pipeline.policy import Context
 from pipeline.runtime import Runtime
-from pipeline.scoring import Orchestrator, Scored, UploadRequest
-from review import banks
-from review.service import NewUpload, Routing
+from pipeline.scoring import Orchestrator, Scored, UploadRequest, new_upload, routing_for
+from review import Routing, bank_lookup_many
 
 __all__ = ["BatchRecorder", "error_row", "result_row"]
 
@@ -139,7 +138,7 @@ class BatchRecorder:
         if not scoring:
             return results
         with rt.db.transaction() as s:
-            matches = banks.lookup_many(s, [p.sha256 or "" for _, p in scoring])
+            matches = bank_lookup_many(s, [p.sha256 or "" for _, p in scoring])
             for row, p in scoring:
                 assert p.sha256 is not None and p.mime is not None and p.model_version
                 request = _request(row)
@@ -150,58 +149,18 @@ class BatchRecorder:
                     code = getattr(exc, "code", "policy.invalid_scores")
                     results.append(error_row(row, code, str(exc)))
                     continue
-                upload = NewUpload(
-                    account_id=request.account_id,
-                    external_id=request.external_id,
-                    source=request.source,
-                    context=request.context.model_dump(),
-                    sha256=p.sha256,
-                    mime=p.mime,
-                    width=p.width,
-                    height=p.height,
-                    size_bytes=p.size_bytes,
-                )
+                upload = new_upload(request, sha256=p.sha256, mime=p.mime, width=p.width,
+                                    height=p.height, size_bytes=p.size_bytes)
                 recorded = rt.review.record(s, upload, routing)
                 if not recorded.created:  # decided before (another row, another job)
                     self._orch.fill_from_store(s, scored, recorded)
                 else:
-                    scored.recorded = recorded
-                    scored.scores = dict(routing.scores)
-                    scored.model_version = routing.model_version
-                    scored.policy_version = routing.policy_version
-                    scored.reasons = dict(routing.reasons)
+                    scored.took(recorded, routing)
                 results.append(result_row(row, scored))
         return results
 
     def _routing(self, req: UploadRequest, p: Prediction, bank_match: str | None) -> Routing:
-        # The same statement of reasons as Orchestrator.decide, field for field (the tests
-        # compare the two paths row by row).
-        rt = self.rt
         assert p.sha256 is not None and p.model_version is not None
-        decision = rt.policy.evaluate(p.scores, req.context, content_sha256=p.sha256,
-                                      bank_match=bank_match)
-        reasons = {
-            **decision.reasons,
-            "content_sha256": p.sha256,
-            "model_version": p.model_version,
-            "evidence": [
-                {"category": e["category"], "label": e["label"],
-                 "score": round(float(e["score"]), 4),
-                 "box": [round(float(v), 1) for v in e["box"]] if e["box"] else None}
-                for e in p.evidence
-            ],
-        }
-        return Routing(
-            outcome=decision.outcome,
-            queue=decision.queue,
-            severity=decision.severity,
-            priority=decision.priority,
-            reviewers_required=decision.reviewers_required,
-            proposed_actions=tuple(decision.proposed_actions),
-            qa_sample=decision.qa_sample,
-            scores={k: round(float(v), 4) for k, v in p.scores.items()},
-            reasons=reasons,
-            model_version=p.model_version,
-            policy_version=rt.policy.version,
-            shadow_scores=tuple(p.shadow),
-        )
+        return routing_for(self.rt.policy, req, sha256=p.sha256, scores=p.scores,
+                           model_version=p.model_version, evidence=p.evidence, shadow=p.shadow,
+                           bank_match=bank_match)

@@ -25,7 +25,7 @@ from sqlalchemy.exc import OperationalError
 from models.errors import CodedError
 from pipeline.errors import ConfigurationError, ErrorKind
 from pipeline.settings import Settings
-from review.errors import ReviewError
+from review import ReviewError
 
 if TYPE_CHECKING:
     from rich.progress import Progress

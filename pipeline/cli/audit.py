@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.cli._common import Exit, JsonOpt, emit, group, guarded, out, runtime
-from review.errors import AuditChainBroken
+from review import AuditChainBroken
 
 app = group("audit", "The hash-chained audit log.")
 
@@ -12,11 +12,11 @@ app = group("audit", "The hash-chained audit log.")
 @guarded
 def audit_verify(as_json: JsonOpt = False) -> int:
     """Recompute the hash chains; exit 1 at the first break."""
-    from review import audit
+    from review import verify_audit_log
 
     rt = runtime()
     with rt.db.transaction() as s:
-        report = audit.verify(s)
+        report = verify_audit_log(s)
     d = {"ok": report.ok, "events": report.events, "chains": report.chains,
          "problem": report.problem, "at_chain": report.at_chain, "at_seq": report.at_seq}
     if not report.ok:

@@ -22,13 +22,13 @@ def banks_import(
     as_json: JsonOpt = False,
 ) -> int:
     """Import a hash list; a match routes content before its scores matter."""
-    from review import banks
+    from review import import_bank_hashes
 
     if not path.is_file():
         raise PipelineError(f"no such file: {path}")
     rt = runtime()
     with rt.db.transaction() as s, open(path) as fh:
-        added, present = banks.import_hashes(
+        added, present = import_bank_hashes(
             s, fh, bank=bank, source=source or path.name, actor="cli:banks",
             at=rt.review.clock(),
         )
@@ -41,9 +41,9 @@ def banks_import(
 def banks_list(bank: Annotated[str | None, typer.Option()] = None,
                as_json: JsonOpt = False) -> int:
     """The newest bank entries."""
-    from review import banks
+    from review import list_bank_entries
 
     rt = runtime()
     with rt.db.transaction() as s:
-        emit(banks.list_entries(s, bank=bank), as_json)
+        emit(list_bank_entries(s, bank=bank), as_json)
     return Exit.OK

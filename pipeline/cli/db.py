@@ -11,7 +11,7 @@ app = group("db", "The database of record.")
 @guarded
 def db_upgrade(as_json: JsonOpt = False) -> int:
     """Apply the migrations (SQLite or PostgreSQL, the same ones)."""
-    from review.db import current_revision
+    from review import current_revision
 
     rt = runtime()  # applies them
     emit({"ok": True, "revision": current_revision(rt.db.engine), **rt.describe()}, as_json)

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from pipeline.cli._common import Exit, JsonOpt, emit, group, guarded, out, runtime
-from review.service import MAX_CLAIM_BATCH
+from review import MAX_CLAIM_BATCH
 
 app = group("review", "The human review queue.")
 
@@ -26,7 +26,7 @@ def review_list(
     as_json: JsonOpt = False,
 ) -> int:
     """List review items, most urgent first."""
-    from review.states import OPEN_ITEM_STATUSES
+    from review import OPEN_ITEM_STATUSES
 
     rt = runtime()
     statuses = status or (None if include_closed else sorted(OPEN_ITEM_STATUSES))
@@ -159,7 +159,7 @@ def review_stats(as_json: JsonOpt = False) -> int:
 @guarded
 def review_diagram() -> int:
     """Print the review state machine as Mermaid (generated from the transition table)."""
-    from review.states import mermaid_diagram
+    from review import mermaid_diagram
 
     sys.stdout.write(mermaid_diagram() + "\n")
     return Exit.OK

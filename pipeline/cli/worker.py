@@ -52,11 +52,11 @@ def worker(
 @guarded
 def outbox_status(as_json: JsonOpt = False) -> int:
     """Backlog per status (pending, delivered, dead)."""
-    from review.outbox import backlog
+    from review import outbox_backlog
 
     rt = runtime()
     with rt.db.transaction() as s:
-        emit(backlog(s), as_json)
+        emit(outbox_backlog(s), as_json)
     return Exit.OK
 
 
@@ -65,9 +65,9 @@ def outbox_status(as_json: JsonOpt = False) -> int:
 def outbox_list(status: Annotated[str | None, typer.Option()] = None,
                 as_json: JsonOpt = False) -> int:
     """The newest outbox rows (dead letters with --status dead)."""
-    from review.outbox import list_rows
+    from review import list_outbox
 
     rt = runtime()
     with rt.db.transaction() as s:
-        emit(list_rows(s, status=status), as_json)
+        emit(list_outbox(s, status=status), as_json)
     return Exit.OK

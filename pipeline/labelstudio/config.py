@@ -10,7 +10,7 @@ from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from pipeline.policy import Policy
-from review.states import Verdict
+from review import Verdict
 
 #: the proposed-action choice that means "the actions the policy maps this verdict to"
 AS_POLICY = "as_policy"

@@ -10,26 +10,27 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-
 from pipeline.errors import PipelineError
 from pipeline.labelstudio.client import LabelStudioUnavailable
-from review.outbox import (
+from review import (
     DELIVERED,
+    LABELSTUDIO_TASK_TOPIC,
+    OPEN_ITEM_STATUSES,
+    DeliveryFailed,
     DeliveryPolicy,
-    Failed,
-    Message,
+    OutboxMessage,
     OutboxWorker,
     SinkResult,
+    item_state,
+    labelstudio_projects,
+    record_labelstudio_tasks,
 )
-from review.schema import LabelStudioProject, LabelStudioTask, ReviewItem
-from review.states import OPEN_ITEM_STATUSES
 
 if TYPE_CHECKING:
     from pipeline.labelstudio.sync import LabelStudioSync
 
-#: the outbox topic of a task to create; payload {"item_id", "queue"}
-TOPIC = "labelstudio.task"
+#: the outbox topic of a task to create; payload {"item_id", "queue"} (review writes them)
+TOPIC = LABELSTUDIO_TASK_TOPIC
 
 
 class TaskSink:
@@ -43,31 +44,32 @@ class TaskSink:
     def close(self) -> None:
         pass  # the client belongs to the sync
 
-    def deliver(self, messages: Sequence[Message]) -> Iterator[tuple[Message, SinkResult]]:
-        by_queue: dict[str, list[Message]] = {}
+    def deliver(
+        self, messages: Sequence[OutboxMessage]
+    ) -> Iterator[tuple[OutboxMessage, SinkResult]]:
+        by_queue: dict[str, list[OutboxMessage]] = {}
         for m in messages:
             by_queue.setdefault(str(m.payload["queue"]), []).append(m)
         with self.sync.rt.db.transaction() as s:
-            projects = {p.queue: p.project_id
-                        for p in s.execute(select(LabelStudioProject)).scalars()}
+            projects = {q: p.project_id for q, p in labelstudio_projects(s).items()}
         for queue, group in by_queue.items():
             pid = projects.get(queue)
             if pid is None:
                 for m in group:
-                    yield m, Failed(f"no Label Studio project for queue {queue}")
+                    yield m, DeliveryFailed(f"no Label Studio project for queue {queue}")
                 continue
             results = self._push(pid, group)
             for m in group:
                 yield m, results.get(m.id, DELIVERED)
 
-    def _push(self, pid: int, group: Sequence[Message]) -> dict[int, SinkResult]:
+    def _push(self, pid: int, group: Sequence[OutboxMessage]) -> dict[int, SinkResult]:
         """One project's tasks: those missing are imported, all are recorded as ours.  A
         failure fails every message of the group not already settled as delivered."""
         sync = self.sync
         results: dict[int, SinkResult] = {}
         try:
             present = sync.client.task_items(pid)
-            todo: list[tuple[Message, dict[str, Any]]] = []
+            todo: list[tuple[OutboxMessage, dict[str, Any]]] = []
             found: dict[int, int] = {}
             with sync.rt.db.transaction() as s:
                 for m in group:
@@ -75,7 +77,7 @@ class TaskSink:
                     if item_id in present:
                         found[item_id] = min(present[item_id])
                         continue
-                    item = s.get(ReviewItem, item_id)
+                    item = item_state(s, item_id=item_id)
                     if item is None or item.status not in OPEN_ITEM_STATUSES:
                         results[m.id] = DELIVERED  # decided meanwhile: nothing to show
                         continue
@@ -88,13 +90,10 @@ class TaskSink:
                     found[int(m.payload["item_id"])] = tid
             now = sync.rt.review.clock()
             with sync.rt.db.transaction() as s:
-                for item_id, tid in found.items():
-                    if s.get(LabelStudioTask, item_id) is None:
-                        s.add(LabelStudioTask(item_id=item_id, project_id=pid, task_id=tid,
-                                              created_at=now))
+                record_labelstudio_tasks(s, project_id=pid, tasks=found, now=now)
         except PipelineError as exc:  # LabelStudioUnavailable, or a refusal Label Studio named
             for m in group:
-                results.setdefault(m.id, Failed(exc.code))
+                results.setdefault(m.id, DeliveryFailed(exc.code))
         return results
 
 

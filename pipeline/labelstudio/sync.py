@@ -24,7 +24,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -35,26 +34,29 @@ from pipeline.labelstudio.client import (
     LabelStudioUnavailable,
 )
 from pipeline.labelstudio.config import AS_POLICY, config_digest, label_config, parse_result
-from pipeline.labelstudio.sink import TOPIC, task_worker
+from pipeline.labelstudio.sink import task_worker
 from pipeline.previews import sign_link
 from pipeline.runtime import Runtime
-from review import audit, outbox
-from review.errors import ReviewError
-from review.outbox import OutboxWorker
-from review.schema import (
-    Decision,
-    LabelStudioAnnotation,
-    LabelStudioProject,
-    LabelStudioReviewer,
-    LabelStudioTask,
-    ReviewItem,
-    Upload,
-    VerdictRow,
+from review import (
+    ItemStatus,
+    OutboxWorker,
+    ReviewError,
+    account_history,
+    append_audit_event,
+    enqueue_labelstudio_tasks,
+    get_decision,
+    item_state,
+    labelstudio_annotation_judged,
+    labelstudio_projects,
+    labelstudio_reviewer_for_email,
+    labelstudio_reviewer_for_user,
+    labelstudio_sync_status,
+    labelstudio_task_item,
+    map_labelstudio_reviewer,
+    record_labelstudio_annotation,
+    save_labelstudio_project,
+    save_labelstudio_sync_state,
 )
-from review.schema import (
-    LabelStudioSync as SyncStateRow,
-)
-from review.states import OPEN_ITEM_STATUSES, ItemStatus
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +114,8 @@ class LabelStudioSync:
 
     def _audit(self, s: Session, *, actor: str, event: str, subject_id: int,
                data: Mapping[str, Any]) -> None:
-        audit.append(s, at=self._now(), actor=actor, event=event, subject_type="review_item",
-                     subject_id=subject_id, data=dict(data))
+        append_audit_event(s, at=self._now(), actor=actor, event=event,
+                           subject_type="review_item", subject_id=subject_id, data=dict(data))
 
     # ---- setup ------------------------------------------------------------------------------
     def setup(self) -> SetupReport:
@@ -121,7 +123,7 @@ class LabelStudioSync:
         policy = self.rt.policy
         existing = {p.title: int(p.id) for p in self.client.projects()}
         with self.rt.db.transaction() as s:
-            known = {p.queue: p for p in s.execute(select(LabelStudioProject)).scalars()}
+            known = labelstudio_projects(s)
         for queue, spec in policy.queues.items():
             config = label_config(policy, queue)
             digest = config_digest(config)
@@ -154,18 +156,9 @@ class LabelStudioSync:
                     headers={SECRET_HEADER: self.rt.settings.labelstudio_webhook_secret},
                 )
                 rep.webhooks_created += 1
-            now = self._now()
             with self.rt.db.transaction() as s:
-                r = s.get(LabelStudioProject, queue)
-                if r is None:
-                    s.add(LabelStudioProject(queue=queue, project_id=pid, config_sha256=digest,
-                                             maximum_annotations=maximum, created_at=now,
-                                             updated_at=now))
-                elif (r.project_id, r.config_sha256, r.maximum_annotations) != (
-                    pid, digest, maximum
-                ):
-                    r.project_id, r.config_sha256 = pid, digest
-                    r.maximum_annotations, r.updated_at = maximum, now
+                save_labelstudio_project(s, queue=queue, project_id=pid, config_sha256=digest,
+                                         maximum_annotations=maximum, now=self._now())
         return rep
 
     def map_reviewer(self, s: Session, *, email: str, reviewer_id: str,
@@ -173,43 +166,17 @@ class LabelStudioSync:
         """A Label Studio user acts as this lookfirst reviewer (entitlements stay lookfirst's)."""
         email = email.lower()
         self.rt.review.entitled_queues(s, reviewer_id)  # refuses an unknown reviewer
-        row = s.get(LabelStudioReviewer, email)
-        if row is None:
-            s.add(LabelStudioReviewer(email=email, reviewer_id=reviewer_id,
-                                      ls_user_id=ls_user_id, created_at=self._now()))
-        else:
-            row.reviewer_id = reviewer_id
-            row.ls_user_id = ls_user_id if ls_user_id is not None else row.ls_user_id
-        audit.append(s, at=self._now(), actor=ACTOR, event="labelstudio.reviewer_mapped",
-                     subject_type="reviewer", subject_id=reviewer_id, data={"email": email})
+        map_labelstudio_reviewer(s, email=email, reviewer_id=reviewer_id, ls_user_id=ls_user_id,
+                                 now=self._now())
+        append_audit_event(s, at=self._now(), actor=ACTOR, event="labelstudio.reviewer_mapped",
+                           subject_type="reviewer", subject_id=reviewer_id,
+                           data={"email": email})
 
     # ---- tasks out -------------------------------------------------------------------------
     def enqueue_tasks(self, s: Session, *, limit: int = 1000) -> int:
         """One outbox row per open review item that has no task yet (in the caller's
         transaction; the row's unique idempotency key makes a second call a no-op)."""
-        queues = list(s.execute(select(LabelStudioProject.queue)).scalars())
-        if not queues:
-            return 0
-        has_task = select(LabelStudioTask.item_id).where(LabelStudioTask.item_id == ReviewItem.id)
-        items = s.execute(
-            select(ReviewItem.id, ReviewItem.queue)
-            .where(ReviewItem.queue.in_(queues),
-                   ReviewItem.status.in_(list(OPEN_ITEM_STATUSES)), ~has_task.exists())
-            .order_by(ReviewItem.priority.desc(), ReviewItem.id)
-            .limit(limit)
-        ).all()
-        keys = {f"{TOPIC}:{i}": (i, q) for i, q in items}
-        have = outbox.known_keys(s, keys)
-        now = self._now()
-        n = 0
-        for key, (item_id, queue) in keys.items():
-            if key in have:
-                continue
-            outbox.enqueue(s, topic=TOPIC, key=key, payload={"item_id": item_id, "queue": queue},
-                           now=now)
-            n += 1
-        s.flush()
-        return n
+        return enqueue_labelstudio_tasks(s, now=self._now(), limit=limit)
 
     def task_data(self, s: Session, item_id: int) -> dict[str, Any]:
         """What a reviewer sees: a blurred preview link, the reasons, the context, the
@@ -225,7 +192,7 @@ class LabelStudioSync:
                              expires_at=now + dt.timedelta(
                                  seconds=cfg.labelstudio_original_ttl_s))
         reasons = dict(view.reasons)
-        decision = s.get(Decision, view.decision_id)
+        decision = get_decision(s, decision_id=view.decision_id)
         assert decision is not None
         fired = [r for r in reasons.get("rules", []) if r.get("fired")]
         lines = [f"Outcome: {view.outcome} · severity {view.severity} · queue {view.queue} · "
@@ -272,23 +239,14 @@ class LabelStudioSync:
         }
 
     def _history(self, s: Session, account_id: str, decision_id: str) -> str:
-        rows = s.execute(
-            select(Decision.outcome, func.count())
-            .join(Upload, Upload.id == Decision.upload_id)
-            .where(Upload.account_id == account_id, Decision.id != decision_id)
-            .group_by(Decision.outcome)
-        ).all()
-        verdicts = s.execute(
-            select(VerdictRow.verdict, func.count())
-            .join(ReviewItem, ReviewItem.id == VerdictRow.item_id)
-            .where(ReviewItem.account_id == account_id, ReviewItem.decision_id != decision_id)
-            .group_by(VerdictRow.verdict)
-        ).all()
-        if not rows and not verdicts:
+        h = account_history(s, account_id=account_id, excluding_decision=decision_id)
+        if not h.outcomes and not h.verdicts:
             return "No earlier uploads from this account."
-        parts = ["earlier decisions: " + ", ".join(f"{o} {n}" for o, n in sorted(rows))]
-        if verdicts:
-            parts.append("earlier verdicts: " + ", ".join(f"{v} {n}" for v, n in sorted(verdicts)))
+        parts = ["earlier decisions: "
+                 + ", ".join(f"{o} {n}" for o, n in sorted(h.outcomes.items()))]
+        if h.verdicts:
+            parts.append("earlier verdicts: "
+                         + ", ".join(f"{v} {n}" for v, n in sorted(h.verdicts.items())))
         return "; ".join(parts)
 
     # ---- annotations back ------------------------------------------------------------------
@@ -306,14 +264,12 @@ class LabelStudioSync:
         ls_user = int(user["id"] if isinstance(user, Mapping) else user) if user else None
         db, svc = self.rt.db, self.rt.review
         with db.transaction() as s:
-            if s.get(LabelStudioAnnotation, ann_id) is not None:
+            if labelstudio_annotation_judged(s, annotation_id=ann_id):
                 return "already"
-            task = s.execute(
-                select(LabelStudioTask).where(LabelStudioTask.task_id == task_id)
-            ).scalar_one_or_none()
-            if task is None:
+            found = labelstudio_task_item(s, task_id=task_id)
+            if found is None:
                 return "ignored"  # not one of ours
-            item_id = task.item_id
+            item_id = found
             reviewer = self._reviewer_for(s, ls_user)
         form = parse_result(ann.get("result"))
         refusal: tuple[str, str] | None = None
@@ -326,7 +282,7 @@ class LabelStudioSync:
             assert reviewer is not None and form.verdict is not None
             try:
                 with db.transaction() as s:
-                    item = s.get(ReviewItem, item_id)
+                    item = item_state(s, item_id=item_id)
                     assert item is not None
                     if (item.status == ItemStatus.CLAIMED and item.claimed_by != reviewer
                             and item.lease_expires_at is not None
@@ -343,10 +299,10 @@ class LabelStudioSync:
                         note = (f"{note}\n[reviewer proposed: {form.proposed_action}]").strip()
                     res = svc.decide(s, item_id=item_id, reviewer_id=reviewer,
                                      verdict=form.verdict, categories=form.categories, note=note)
-                    s.add(LabelStudioAnnotation(
-                        annotation_id=ann_id, task_id=task_id, item_id=item_id,
+                    record_labelstudio_annotation(
+                        s, annotation_id=ann_id, task_id=task_id, item_id=item_id,
                         ls_user_id=ls_user, reviewer_id=reviewer, status="recorded", code=None,
-                        verdict_id=res.verdict_id, via=via, created_at=self._now()))
+                        verdict_id=res.verdict_id, via=via, now=self._now())
                     self._audit(s, actor=reviewer, event="labelstudio.annotation_recorded",
                                 subject_id=item_id,
                                 data={"annotation_id": ann_id, "task_id": task_id, "via": via,
@@ -362,12 +318,12 @@ class LabelStudioSync:
         code, detail = refusal
         try:
             with db.transaction() as s:
-                if s.get(LabelStudioAnnotation, ann_id) is not None:
+                if labelstudio_annotation_judged(s, annotation_id=ann_id):
                     return "already"
-                s.add(LabelStudioAnnotation(
-                    annotation_id=ann_id, task_id=task_id, item_id=item_id, ls_user_id=ls_user,
+                record_labelstudio_annotation(
+                    s, annotation_id=ann_id, task_id=task_id, item_id=item_id, ls_user_id=ls_user,
                     reviewer_id=reviewer, status="refused", code=code[:64], verdict_id=None,
-                    via=via, created_at=self._now()))
+                    via=via, now=self._now())
                 self._audit(s, actor=reviewer or f"labelstudio-user:{ls_user}",
                             event="labelstudio.annotation_refused", subject_id=item_id,
                             data={"annotation_id": ann_id, "task_id": task_id, "via": via,
@@ -381,30 +337,23 @@ class LabelStudioSync:
     def _reviewer_for(self, s: Session, ls_user: int | None) -> str | None:
         if ls_user is None:
             return None
-        row = s.execute(
-            select(LabelStudioReviewer).where(LabelStudioReviewer.ls_user_id == ls_user)
-        ).scalar_one_or_none()
-        if row is not None:
-            return row.reviewer_id
+        known = labelstudio_reviewer_for_user(s, ls_user_id=ls_user)
+        if known is not None:
+            return known
         try:
             email = self.client.user_email(ls_user)
         except (LabelStudioUnavailable, PipelineError):
             return None
         if email is None:
             return None
-        row = s.get(LabelStudioReviewer, email)
-        if row is None:
-            return None
-        if row.ls_user_id is None:
-            row.ls_user_id = ls_user
-        return row.reviewer_id
+        return labelstudio_reviewer_for_email(s, email=email, ls_user_id=ls_user)
 
     def poll(self) -> PollReport:
         """Reconcile every annotation in every project (what the webhook missed)."""
         rep = PollReport()
         try:
             with self.rt.db.transaction() as s:
-                projects = list(s.execute(select(LabelStudioProject.project_id)).scalars())
+                projects = [p.project_id for p in labelstudio_projects(s).values()]
             for pid in projects:
                 for task_id, anns in self.client.annotated_tasks(pid):
                     rep.tasks_seen += 1
@@ -420,11 +369,7 @@ class LabelStudioSync:
 
     def _save_state(self, name: str, value: Mapping[str, Any]) -> None:
         with self.rt.db.transaction() as s:
-            row = s.get(SyncStateRow, name)
-            if row is None:
-                s.add(SyncStateRow(name=name, value=dict(value), updated_at=self._now()))
-            else:
-                row.value, row.updated_at = dict(value), self._now()
+            save_labelstudio_sync_state(s, name=name, value=value, now=self._now())
 
     def sync_once(self, worker: OutboxWorker | None = None) -> dict[str, Any]:
         """One round: enqueue new items, deliver due tasks (through `worker`, over the Label
@@ -448,26 +393,13 @@ class LabelStudioSync:
 def status(rt: Runtime) -> dict[str, Any]:
     """Backlog and last sync, for `lookfirst labelstudio status`."""
     with rt.db.transaction() as s:
-        tasks_out = outbox.backlog(s, topics=[TOPIC])
-        queues = list(s.execute(select(LabelStudioProject.queue)).scalars())
-        has_task = select(LabelStudioTask.item_id).where(LabelStudioTask.item_id == ReviewItem.id)
-        without = s.execute(
-            select(func.count()).select_from(ReviewItem)
-            .where(ReviewItem.queue.in_(queues),
-                   ReviewItem.status.in_(list(OPEN_ITEM_STATUSES)), ~has_task.exists())
-        ).scalar_one() if queues else 0
-        anns = dict(s.execute(select(LabelStudioAnnotation.status, func.count())
-                              .group_by(LabelStudioAnnotation.status)).all())
-        state = {r.name: {**r.value, "updated_at": r.updated_at.isoformat()}
-                 for r in s.execute(select(SyncStateRow)).scalars()}
-        tasks = s.execute(select(func.count()).select_from(LabelStudioTask)).scalar_one()
+        st = labelstudio_sync_status(s)
     return {
         "url": rt.settings.labelstudio_url,
-        "projects": sorted(queues),
-        "tasks": int(tasks),
-        "open_items_without_task": int(without),
-        "outbox": tasks_out,
-        "annotations": {"recorded": int(anns.get("recorded", 0)),
-                        "refused": int(anns.get("refused", 0))},
-        "last_poll": state.get("poll"),
+        "projects": st.projects,
+        "tasks": st.tasks,
+        "open_items_without_task": st.open_items_without_task,
+        "outbox": st.outbox,
+        "annotations": st.annotations,
+        "last_poll": st.state.get("poll"),
     }

@@ -21,7 +21,7 @@ from pipeline.policy.model import (
     PolicyDecision,
     qa_draw,
 )
-from review.states import Verdict
+from review import Verdict
 
 if TYPE_CHECKING:
     from pipeline.policy.model import Policy

@@ -25,7 +25,7 @@ from pipeline.policy.model import (
     QueueSpec,
     Thresholds,
 )
-from review.states import REVERSAL_KINDS, ActionKind, Verdict
+from review import REVERSAL_KINDS, ActionKind, Verdict
 
 #: the policies that ship with the package (`default`, and `demo` for the bundled samples)
 POLICIES_DIR = Path(__file__).resolve().parent.parent / "policies"

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pipeline.errors import PolicyError
 from pipeline.policy.context import Context
-from review.states import Verdict
+from review import Verdict
 
 #: severities in rising order; the order is what "worst" and `two_person_severity` mean
 SEVERITIES: tuple[str, ...] = ("none", "low", "medium", "high", "critical")
