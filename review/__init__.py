@@ -47,6 +47,16 @@ from review.idempotency import (
     find_stored_response,
     save_stored_response,
 )
+from review.learning import (
+    FlaggedDecided,
+    ReviewedDecision,
+    ReviewedItem,
+    ReviewedVerdict,
+    TrafficDecision,
+    flagged_decided,
+    iter_traffic,
+    reviewed_decisions,
+)
 from review.outbox import DeliveryPolicy, DeliveryReport, OutboxWorker
 from review.outbox import backlog as outbox_backlog
 from review.outbox import list_rows as list_outbox
@@ -160,4 +170,13 @@ __all__ = [
     "list_api_keys",
     "revoke_api_key",
     "save_stored_response",
+    # the learning loop's reads (datasets, model comparison, the false-positive rate)
+    "FlaggedDecided",
+    "ReviewedDecision",
+    "ReviewedItem",
+    "ReviewedVerdict",
+    "TrafficDecision",
+    "flagged_decided",
+    "iter_traffic",
+    "reviewed_decisions",
 ]
