@@ -169,7 +169,8 @@ def iter_traffic(
             q = q.where((Decision.created_at > last[0])
                         | ((Decision.created_at == last[0]) & (Decision.id > last[1])))
         take = batch if limit is None else min(batch, limit - yielded)
-        rows = s.execute(q.order_by(Decision.created_at, Decision.id).limit(take)).all()
+        rows: list[tuple[Decision, str, Any]] = list(
+            s.execute(q.order_by(Decision.created_at, Decision.id).limit(take)).tuples())
         if not rows:
             return
         resolutions = _resolutions(s, [d.id for d, _, _ in rows])
@@ -196,7 +197,8 @@ def _resolutions(s: Session, ids: Sequence[str]) -> dict[str, str]:
                ReviewItem.kind.in_(_LABELLING_KINDS), ReviewItem.resolution.is_not(None))
         .order_by(ReviewItem.resolved_at, ReviewItem.id)
     ):
-        out[decision_id] = resolution
+        if resolution is not None:
+            out[decision_id] = resolution
     return out
 
 

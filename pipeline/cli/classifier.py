@@ -111,7 +111,7 @@ def train_cmd(
     from models.classifier.data import Manifest
 
     with torch_extra():
-        from models.classifier.arch import get_architecture
+        from models.classifier.arch import DEFAULT_ARCH, get_architecture
         from models.classifier.train import TrainConfig, train
 
     if arch is not None:
@@ -125,7 +125,7 @@ def train_cmd(
         batch_size=batch_size, lr=lr, seed=seed, init=init, pos_weight=not no_pos_weight,
         augment=not no_augment, workers=workers, threads=threads, name=name,
         select_on=select_on, min_auc=min_auc, on_weak="warn" if allow_weak else "error",
-        **({"arch": arch} if arch is not None else {}),
+        arch=arch if arch is not None else DEFAULT_ARCH,
     )
     with progress_bar(as_json) as bar:
         result = train(manifest, cfg, out_dir, progress=BarProgress(bar))
