@@ -169,11 +169,11 @@ def iter_traffic(
             q = q.where((Decision.created_at > last[0])
                         | ((Decision.created_at == last[0]) & (Decision.id > last[1])))
         take = batch if limit is None else min(batch, limit - yielded)
-        rows: list[tuple[Decision, str, Any]] = list(
-            s.execute(q.order_by(Decision.created_at, Decision.id).limit(take)).tuples())
+        rows: Sequence[Any] = s.execute(
+            q.order_by(Decision.created_at, Decision.id).limit(take)).all()
         if not rows:
             return
-        resolutions = _resolutions(s, [d.id for d, _, _ in rows])
+        resolutions = _resolutions(s, [r[0].id for r in rows])
         for d, sha, context in rows:
             yield TrafficDecision(
                 decision_id=d.id, content_sha256=sha, created_at=d.created_at,
