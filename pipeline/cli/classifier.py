@@ -506,6 +506,9 @@ def retrain_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="New directory for dataset/, run/, "
                                           "evaluation/ and model/.")],
     since: SinceOpt = None,
+    dataset: Annotated[Path | None, typer.Option(
+        "--dataset", help="Train on a dataset `dataset export` wrote (its directory) instead "
+        "of exporting one now.")] = None,
     version: Annotated[str | None, typer.Option(
         help="Registry version of the new model (default: rYYYYMMDD.HHMMSS).")] = None,
     name: Annotated[str | None, typer.Option(help="Model name (default classifier-ARCH).")]
@@ -525,15 +528,15 @@ def retrain_cmd(
     policy: PolicyOpt = None,
     as_json: JsonOpt = False,
 ) -> int:
-    """Verdicts to a shadow model: export the dataset, train (the quality gate applies),
-    calibrate, evaluate, export to ONNX, register as shadow."""
+    """Verdicts to a shadow model: export the dataset (or take --dataset), train (the quality
+    gate applies), calibrate, evaluate, export to ONNX, register as shadow."""
     from models.classifier.registry import ModelRegistry
     from pipeline.learning.retrain import RetrainOptions, retrain
 
     rt = _runtime(policy)
     with progress_bar(as_json) as bar:
         res = retrain(rt, out_dir, registry=ModelRegistry(_registry_root(registry)),
-                      since=_when(since, "--since"), version=version,
+                      since=_when(since, "--since"), dataset=dataset, version=version,
                       options=RetrainOptions(arch=arch, init=init, size=size, epochs=epochs,
                                              patience=patience, batch_size=batch_size, lr=lr,
                                              seed=seed, threads=threads, workers=workers,

@@ -7,8 +7,8 @@ that did not learn stops here, registered nowhere) → calibrate (part of traini
 evaluation in its card) → register as a `shadow`, which scores live traffic without deciding
 anything until `models compare` and `models promote`.
 
-Everything lands under one directory: dataset/, run/, evaluation/, model/.  torch is needed
-(the torch extra).
+Everything lands under one directory: dataset/ (unless an exported dataset is given), run/,
+evaluation/, model/.  torch is needed (the torch extra).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any
 
 from models.classifier.progress import NoProgress, Progress
 from models.classifier.registry import Entry, ModelRegistry
-from pipeline.learning.dataset import ExportResult, export_dataset
+from models.errors import InvalidArgument
+from pipeline.learning.dataset import INFO, MANIFEST, ExportResult, export_dataset
 from pipeline.runtime import Runtime
 
 
@@ -46,7 +47,7 @@ class RetrainOptions:
 @dataclass
 class RetrainResult:
     directory: Path
-    dataset: ExportResult
+    dataset: ExportResult | ExportedDataset
     train: dict[str, Any]
     evaluation: dict[str, Any] | None
     exported: dict[str, Any]
@@ -57,6 +58,46 @@ class RetrainResult:
         return {"directory": str(self.directory), "dataset": self.dataset.as_dict(),
                 "train": self.train, "evaluation": self.evaluation, "export": self.exported,
                 "registered": self.registered.as_dict(), "seconds": self.stages_s}
+
+
+@dataclass(frozen=True)
+class ExportedDataset:
+    """A dataset `dataset export` wrote before, as its dataset.json describes it."""
+
+    directory: Path
+    manifest: Path
+    manifest_sha256: str
+    rows: int
+    splits: dict[str, int]
+    labels: dict[str, int]
+
+    @classmethod
+    def read(cls, path: Path) -> ExportedDataset:
+        """`path`: the export's directory (or its manifest.jsonl); the manifest must be the
+        one the export wrote (its sha256 is checked)."""
+        import hashlib
+        import json
+
+        from models.errors import DatasetError
+
+        directory = path.parent if path.is_file() else path
+        try:
+            info = json.loads((directory / INFO).read_text(encoding="utf-8"))
+            manifest = directory / MANIFEST
+            digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"{directory} is not a dataset `lookfirst dataset export` "
+                               f"wrote: {exc}") from None
+        if digest != info.get("manifest_sha256"):
+            raise DatasetError(f"{manifest} is not the manifest that was exported (its sha256 "
+                               "differs from dataset.json's)")
+        return cls(directory, manifest, digest, int(info["rows"]), dict(info["splits"]),
+                   dict(info["labels"]))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"directory": str(self.directory), "manifest": str(self.manifest),
+                "manifest_sha256": self.manifest_sha256, "rows": self.rows,
+                "splits": self.splits, "labels": self.labels, "exported_before": True}
 
 
 def default_version(now: dt.datetime) -> str:
@@ -70,10 +111,13 @@ def retrain(
     *,
     registry: ModelRegistry,
     since: dt.datetime | None = None,
+    dataset: Path | None = None,
     version: str | None = None,
     options: RetrainOptions | None = None,
     progress: Progress | None = None,
 ) -> RetrainResult:
+    """Export (unless `dataset` names an export already made), train, evaluate, export the
+    model and register it as a shadow."""
     import time
 
     from models.classifier import torch_extra
@@ -95,10 +139,17 @@ def retrain(
     stages: dict[str, float] = {}
     t0 = time.monotonic()
 
-    dataset = export_dataset(rt, out_dir / "dataset", since=since)
+    data: ExportResult | ExportedDataset
+    if dataset is not None:
+        if since is not None:
+            raise InvalidArgument("--since chooses what to export; an exported dataset "
+                                  "already has its window")
+        data = ExportedDataset.read(dataset)
+    else:
+        data = export_dataset(rt, out_dir / "dataset", since=since)
     stages["export_dataset"] = round(time.monotonic() - t0, 1)
-    progress.note(f"dataset: {dataset.rows} rows {dataset.splits}, labels {dataset.labels}")
-    manifest = Manifest.load(dataset.manifest)
+    progress.note(f"dataset: {data.rows} rows {data.splits}, labels {data.labels}")
+    manifest = Manifest.load(data.manifest)
     cats = manifest.categories_to_learn(tuple(policy.categories),
                                         source=f"policy {policy.name}")
     cfg = TrainConfig(
@@ -123,7 +174,7 @@ def retrain(
         result = evaluate(scored)
         report = write_report(result, scored, out_dir / "evaluation", notes={
             "policy": f"{policy.name} {policy.version}", "data_digest": manifest.digest(),
-            "dataset_manifest_sha256": dataset.manifest_sha256})
+            "dataset_manifest_sha256": data.manifest_sha256})
         metrics["evaluation"] = read_summary(report.json_path)
         evaluation_summary = {"report": str(report.report_path), "n": result["n"],
                               "macro_roc_auc": result["macro"]["roc_auc"],
@@ -135,14 +186,14 @@ def retrain(
     exported = export(loaded, out_dir / "model",
                       parity_images=manifest.images(("test", "calib", "val"), 64),
                       outcome=policy_outcome(policy), metrics=metrics,
-                      notes=f"retrained on dataset {dataset.manifest_sha256[:12]}; parity "
+                      notes=f"retrained on dataset {data.manifest_sha256[:12]}; parity "
                             f"outcomes under policy {policy.name} {policy.version}")
     stages["export_model"] = round(time.monotonic() - t, 1)
     entry = registry.register(exported.directory, version=version, status="shadow")
     train_summary = trained.as_dict()
     train_summary.pop("history")
     return RetrainResult(
-        directory=out_dir, dataset=dataset, train=train_summary,
+        directory=out_dir, dataset=data, train=train_summary,
         evaluation=evaluation_summary,
         exported={"model_version": exported.card.version, "onnx": str(exported.onnx_path),
                   "parity": exported.parity.as_dict()},

@@ -107,7 +107,7 @@ class World:
     def cli(self, *args: str | Path, code: int = 0) -> Any:
         res = invoke(self.app, *args)
         assert res.exit_code == code, res.output
-        return json.loads(res.stdout.strip().splitlines()[-1]) if "--json" in args else res
+        return json.loads(res.stdout) if "--json" in args else res
 
     @property
     def registry(self) -> ModelRegistry:
@@ -299,8 +299,9 @@ def test_dataset_export_traces_every_row_and_keeps_near_duplicates_together(
 
 
 def test_one_retrain_registers_a_shadow(world: World) -> None:
-    res = world.cli("retrain", "--out", world.root / "r1", "--version", "2", "--name",
-                    "synthetic", *TRAIN_FLAGS, "--json")
+    res = world.cli("retrain", "--dataset", world.root / "export-w1", "--out",
+                    world.root / "r1", "--version", "2", "--name", "synthetic", *TRAIN_FLAGS,
+                    "--json")
     world.results["retrain"] = res
     print("retrain:", json.dumps({k: res[k] for k in ("seconds", "evaluation")}),
           "val AUC", res["train"]["val_auc"], f"{res['train']['seconds_per_epoch']} s/epoch")
@@ -318,7 +319,7 @@ def test_compare_shows_the_retrained_model_is_better(world: World) -> None:
     world.upload_wave("w2", 200, seed=2)
     world.review_everything(lambda d: d.labels)
     out = world.root / "compare"
-    res = world.cli("models", "compare", "--data", world.root / "r1" / "dataset" /
+    res = world.cli("models", "compare", "--data", world.root / "export-w1" /
                     "manifest.jsonl", "--out", out, "--json")
     h = res["headline"]
     world.results["compare"] = h
@@ -332,8 +333,11 @@ def test_compare_shows_the_retrained_model_is_better(world: World) -> None:
     # evaluation set it ranks better
     assert h["people_decided"] == 200
     assert h["wrong"]["candidate"] < h["wrong"]["active"]
+    assert h["benign_flagged"]["candidate"] < h["benign_flagged"]["active"]
     auc = h["evaluation_macro_roc_auc"]
-    assert auc["candidate"] > auc["active"]
+    assert auc["candidate"] >= auc["active"] and auc["candidate"] > 0.95
+    ev = data["evaluation"]["segments"]["all"]
+    assert ev["benign_flagged"]["candidate"] <= ev["benign_flagged"]["active"]
     # A flags the medically shared benign uploads with spots; B does not
     fpr = h["protected"]["medical_sharing=true"]["fpr"]
     assert fpr["candidate"] + 0.05 < fpr["active"]
@@ -346,7 +350,7 @@ def test_compare_shows_the_retrained_model_is_better(world: World) -> None:
 
 
 def test_promotion_of_the_better_model(world: World) -> None:
-    res = world.cli("models", "promote", "--data", world.root / "r1" / "dataset" /
+    res = world.cli("models", "promote", "--data", world.root / "export-w1" /
                     "manifest.jsonl", "--json")
     assert res["promoted"] == "synthetic@2" and res["previous"] == "synthetic@1"
     assert res["forced"] is False and res["check"]["passed"]
@@ -360,7 +364,7 @@ def test_rolling_back_to_the_worse_model_is_refused_then_forced_and_audited(
     # traffic with B deciding and A shadowing it
     world.upload_wave("w3", 120, seed=3)
     world.review_everything(lambda d: d.labels)
-    manifest = world.root / "r1" / "dataset" / "manifest.jsonl"
+    manifest = world.root / "export-w1" / "manifest.jsonl"
     res = world.cli("models", "promote", "synthetic@1", "--data", manifest, "--json", code=1)
     assert res["error"]["code"] == "model.promotion_refused"
     assert "medical_sharing=true" in res["error"]["detail"]
