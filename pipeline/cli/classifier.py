@@ -1,6 +1,5 @@
-"""The trainable classifier's commands: train, evaluate, export, quantize, doctor, the model
-registry (`models list|register|activate|shadow|deactivate`), and the learning loop
-(`dataset export`, `retrain`, `models compare|promote`; pipeline.learning holds its logic).
+"""The trainable classifier's commands: train, evaluate, export, quantize and doctor (the model
+registry's are in `registry`, the learning loop's in `learning`).
 
 torch is imported only by the commands that need it (inside `torch_extra()`, which names the
 extra when it is missing), so the rest of the CLI starts fast and works without it.  The policy
@@ -10,81 +9,28 @@ supplies the categories a model is trained for and the thresholds it is judged a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from pipeline.cli._common import (
     BarProgress,
     Exit,
+    ForceOpt,
     JsonOpt,
+    PolicyOpt,
+    RegistryOpt,
     commands,
     emit,
-    group,
     guarded,
     out,
     progress_bar,
     settings,
 )
-
-if TYPE_CHECKING:
-    import datetime as dt
-
-    from models.classifier.registry import Status
-    from pipeline.policy import Policy
-    from pipeline.runtime import Runtime
+from pipeline.cli._common import policy_at as _policy
+from pipeline.cli._common import registry_root as _registry_root
 
 app = commands()
-models_app = group("models", "The model registry: active and shadow models.")
-dataset_app = group("dataset", "Labelled datasets from reviewers' verdicts.")
-app.add_typer(dataset_app)  # `lookfirst dataset ...`: merged into the app with this module
-
-PolicyOpt = Annotated[Path | None, typer.Option(
-    "--policy", help="Policy file (default: LOOKFIRST_POLICY_PATH, or bundled).")]
-RegistryOpt = Annotated[Path | None, typer.Option(
-    "--registry", help="Model registry directory (default: DATA_DIR/models).")]
-ForceOpt = Annotated[bool, typer.Option(
-    "--force", help="Accept a model that failed its training quality gate (recorded).")]
-
-
-# ---- helpers ------------------------------------------------------------------------------------
-def _policy(path: Path | None) -> Policy:
-    from pipeline.policy import load_policy
-
-    return load_policy(path or settings().policy_path)
-
-
-def _registry_root(path: Path | None) -> Path:
-    return path or settings().data_dir / "models"
-
-
-def _runtime(policy: Path | None) -> Runtime:
-    """The runtime (database migrated), under `policy` when one is named."""
-    from pipeline.runtime import Runtime
-
-    rt = Runtime(settings(), policy=_policy(policy) if policy is not None else None)
-    rt.db.upgrade()
-    return rt
-
-
-def _when(text: str | None, flag: str) -> dt.datetime | None:
-    """A date or ISO date-time from the command line (UTC unless it says otherwise)."""
-    import datetime as dt
-
-    from pipeline.errors import PipelineError
-
-    if text is None:
-        return None
-    try:
-        when = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise PipelineError(f"{flag} {text!r}: give a date (2026-12-01) or an ISO date-time "
-                            "(2026-12-01T08:00:00+00:00)") from None
-    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when
-
-
-SinceOpt = Annotated[str | None, typer.Option(
-    "--since", help="Only what people decided from this date (or ISO date-time, UTC) on.")]
 
 
 # ---- commands -----------------------------------------------------------------------------------
@@ -385,292 +331,4 @@ def doctor_cmd(as_json: JsonOpt = False) -> int:
         out.print(f"torch: not installed ({t['hint']})", highlight=False)
     out.print(f"serving: {r['selected']['serving']}; batch jobs: "
               f"{r['selected']['batch_jobs']}", highlight=False)
-    return Exit.OK
-
-
-# ---- the registry -------------------------------------------------------------------------------
-@models_app.command("list")
-@guarded
-def models_list(registry: RegistryOpt = None, as_json: JsonOpt = False) -> int:
-    """Registered models, their status and version."""
-    from rich.table import Table
-
-    from models.classifier.registry import ModelRegistry
-
-    entries = ModelRegistry(_registry_root(registry)).entries()
-    if as_json:
-        emit([e.as_dict() for e in entries], True)
-        return Exit.OK
-    t = Table("model", "status", "model version", "arch", "categories", "registered")
-    for e in entries:
-        colour = {"active": "green", "shadow": "yellow"}.get(e.status, "dim")
-        t.add_row(e.ref, f"[{colour}]{e.status}[/{colour}]", e.model_version, e.arch,
-                  ", ".join(e.categories), e.registered_at)
-    out.print(t)
-    return Exit.OK
-
-
-@models_app.command("register")
-@guarded
-def models_register(
-    model: Annotated[Path, typer.Argument(help="An exported model directory.")],
-    version: Annotated[str | None, typer.Option(help="Version label (default: sha256 "
-                                                "prefix).")] = None,
-    force: ForceOpt = False,
-    registry: RegistryOpt = None,
-    as_json: JsonOpt = False,
-) -> int:
-    """Add an exported model (inactive until activated or shadowed)."""
-    from models.classifier.registry import ModelRegistry
-
-    entry = ModelRegistry(_registry_root(registry)).register(model, version=version,
-                                                              force=force)
-    emit(entry.as_dict() if as_json else f"registered {entry.ref} ({entry.model_version})",
-         as_json)
-    return Exit.OK
-
-
-def _set_status(ref: str, status: Status, registry: Path | None, as_json: bool,
-                force: bool = False) -> int:
-    from models.classifier.registry import ModelRegistry
-
-    entry = ModelRegistry(_registry_root(registry)).set_status(ref, status, force=force)
-    emit(entry.as_dict() if as_json else f"{entry.ref} is now {entry.status}", as_json)
-    return Exit.OK
-
-
-RefArg = Annotated[str, typer.Argument(help="NAME@VERSION (or NAME with one version).")]
-
-
-@models_app.command("activate")
-@guarded
-def models_activate(ref: RefArg, force: ForceOpt = False, registry: RegistryOpt = None,
-                    as_json: JsonOpt = False) -> int:
-    """Make a model the one whose scores decide outcomes (the previous one shadows), with no
-    comparison: `models promote` is the checked way."""
-    return _set_status(ref, "active", registry, as_json, force)
-
-
-@models_app.command("shadow")
-@guarded
-def models_shadow(ref: RefArg, force: ForceOpt = False, registry: RegistryOpt = None,
-                  as_json: JsonOpt = False) -> int:
-    """Score live traffic with a model for comparison, without affecting outcomes."""
-    return _set_status(ref, "shadow", registry, as_json, force)
-
-
-@models_app.command("deactivate")
-@guarded
-def models_deactivate(ref: RefArg, registry: RegistryOpt = None, as_json: JsonOpt = False) -> int:
-    """Stop scoring with a model (it stays registered)."""
-    return _set_status(ref, "inactive", registry, as_json)
-
-
-# ---- the learning loop --------------------------------------------------------------------------
-@dataset_app.command("export")
-@guarded
-def dataset_export(
-    out_dir: Annotated[Path, typer.Option("--out", help="New (or empty) directory for "
-                                          "manifest.jsonl, dataset.json and images/.")],
-    since: SinceOpt = None,
-    val: Annotated[float, typer.Option("--val", min=0.0, max=1.0, help="Share of clusters "
-                                       "in the val split.")] = 0.15,
-    calib: Annotated[float, typer.Option("--calib", min=0.0, max=1.0, help="... in calib.")]
-    = 0.10,
-    test: Annotated[float, typer.Option("--test", min=0.0, max=1.0, help="... in test (the "
-                                        "rest is train).")] = 0.15,
-    policy: PolicyOpt = None,
-    as_json: JsonOpt = False,
-) -> int:
-    """Reviewed uploads to a labelled manifest: labels from the latest decided verdicts,
-    context, provenance (verdict ids), one row per content, split so that near-duplicates
-    never straddle it.  The originals are copied (never previews): an audited act."""
-    from pipeline.learning.dataset import export_dataset
-
-    rt = _runtime(policy)
-    res = export_dataset(rt, out_dir, since=_when(since, "--since"), shares={
-        "train": round(1.0 - val - calib - test, 6), "val": val, "calib": calib, "test": test})
-    if as_json:
-        emit(res.as_dict(), True)
-        return Exit.OK
-    out.print(f"[green]exported[/green] {res.rows} rows to {res.manifest} (sha256 "
-              f"{res.manifest_sha256[:12]}…): splits {res.splits}; labels {res.labels}; "
-              f"{res.near_duplicate_clusters} near-duplicate clusters kept whole"
-              + (f"; left out {res.skipped}" if res.skipped else ""), highlight=False)
-    return Exit.OK
-
-
-@app.command("retrain")
-@guarded
-def retrain_cmd(
-    out_dir: Annotated[Path, typer.Option("--out", help="New directory for dataset/, run/, "
-                                          "evaluation/ and model/.")],
-    since: SinceOpt = None,
-    dataset: Annotated[Path | None, typer.Option(
-        "--dataset", help="Train on a dataset `dataset export` wrote (its directory) instead "
-        "of exporting one now.")] = None,
-    version: Annotated[str | None, typer.Option(
-        help="Registry version of the new model (default: rYYYYMMDD.HHMMSS).")] = None,
-    name: Annotated[str | None, typer.Option(help="Model name (default classifier-ARCH).")]
-    = None,
-    arch: Annotated[str | None, typer.Option(help="Default efficientnet_lite0.")] = None,
-    init: Annotated[str | None, typer.Option(help="As for `train`.")] = None,
-    size: Annotated[int | None, typer.Option(help="Input side in pixels (default 224).")]
-    = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 30,
-    patience: Annotated[int, typer.Option(min=1)] = 5,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
-    seed: Annotated[int, typer.Option()] = 0,
-    threads: Annotated[int, typer.Option(min=0)] = 0,
-    workers: Annotated[int, typer.Option(min=0)] = 0,
-    registry: RegistryOpt = None,
-    policy: PolicyOpt = None,
-    as_json: JsonOpt = False,
-) -> int:
-    """Verdicts to a shadow model: export the dataset (or take --dataset), train (the quality
-    gate applies), calibrate, evaluate, export to ONNX, register as shadow."""
-    from models.classifier.registry import ModelRegistry
-    from pipeline.learning.retrain import RetrainOptions, retrain
-
-    rt = _runtime(policy)
-    with progress_bar(as_json) as bar:
-        res = retrain(rt, out_dir, registry=ModelRegistry(_registry_root(registry)),
-                      since=_when(since, "--since"), dataset=dataset, version=version,
-                      options=RetrainOptions(arch=arch, init=init, size=size, epochs=epochs,
-                                             patience=patience, batch_size=batch_size, lr=lr,
-                                             seed=seed, threads=threads, workers=workers,
-                                             name=name),
-                      progress=BarProgress(bar))
-    if as_json:
-        emit(res.as_dict(), True)
-        return Exit.OK
-    tr = res.train
-    out.print(f"[green]retrained[/green] {res.registered.ref} ({res.registered.model_version}) "
-              f"is now a [yellow]shadow[/yellow]: {res.dataset.rows} rows, best epoch "
-              f"{tr['best_epoch']} of {tr['epochs_run']} ({tr['seconds_per_epoch']:.1f} s per "
-              "epoch)", highlight=False)
-    out.print("  validation ROC AUC " + ", ".join(f"{c} {a:.3f}" for c, a in
-                                                   tr["val_auc"].items()), highlight=False)
-    if res.evaluation:
-        out.print(f"  test split: macro ROC AUC {res.evaluation['macro_roc_auc']:.3f}; "
-                  f"report {res.evaluation['report']}", highlight=False)
-    out.print(f"  next: lookfirst models compare {res.registered.ref} --data "
-              f"{res.dataset.manifest}", highlight=False)
-    return Exit.OK
-
-
-CandidateArg = Annotated[str | None, typer.Argument(
-    help="NAME@VERSION of the candidate (default: the one shadow model).")]
-DataOpt = Annotated[Path | None, typer.Option(
-    "--data", help="A labelled manifest whose --split both models are evaluated on (e.g. an "
-    "exported dataset's test split).")]
-SplitOpt = Annotated[str, typer.Option(help="The evaluation split of --data.")]
-LimitOpt = Annotated[int, typer.Option(min=1, help="At most this many stored decisions.")]
-
-
-@models_app.command("compare")
-@guarded
-def models_compare(
-    candidate: CandidateArg = None,
-    against: Annotated[str | None, typer.Option(
-        help="NAME@VERSION to compare with (default: the active model).")] = None,
-    since: Annotated[str | None, typer.Option(
-        help="Traffic from this date (default: since the candidate became a shadow).")]
-    = None,
-    until: Annotated[str | None, typer.Option(help="Traffic before this date.")] = None,
-    limit: LimitOpt = 20_000,
-    data: DataOpt = None,
-    split: SplitOpt = "test",
-    out_dir: Annotated[Path | None, typer.Option(
-        "--out", help="Report directory (default: DATA_DIR/comparisons/CANDIDATE).")] = None,
-    threads: Annotated[int, typer.Option(min=0)] = 0,
-    registry: RegistryOpt = None,
-    policy: PolicyOpt = None,
-    as_json: JsonOpt = False,
-) -> int:
-    """The candidate against the active model on recent traffic (outcome changes per queue
-    and per context segment, and against people's verdicts) and on an evaluation set; writes
-    a Markdown report with plots and compare.json."""
-    from models.classifier.registry import ModelRegistry
-    from pipeline.learning.compare import compare, write_report
-
-    rt = _runtime(policy)
-    reg = ModelRegistry(_registry_root(registry))
-    with progress_bar(as_json) as bar:
-        cmp = compare(rt, reg, candidate=candidate, active=against,
-                      since=_when(since, "--since"), until=_when(until, "--until"),
-                      limit=limit, data=data, split=split, threads=threads,
-                      progress=BarProgress(bar))
-    target = out_dir or settings().data_dir / "comparisons" / cmp.candidate.entry.ref.replace(
-        "@", "-")
-    report, json_path = write_report(cmp, target)
-    headline = cmp.headline()
-    if as_json:
-        emit({"headline": headline, "report": str(report), "json": str(json_path)}, True)
-        return Exit.OK
-    colour = "green" if headline["promotable"] else "red"
-    out.print(f"[{colour}]{headline['text']}[/{colour}]", highlight=False)
-    out.print(f"report: {report}", highlight=False)
-    return Exit.OK
-
-
-@models_app.command("promote")
-@guarded
-def models_promote(
-    candidate: CandidateArg = None,
-    since: Annotated[str | None, typer.Option(
-        help="Traffic from this date (default: since the candidate became a shadow).")]
-    = None,
-    limit: LimitOpt = 20_000,
-    data: DataOpt = None,
-    split: SplitOpt = "test",
-    force: Annotated[bool, typer.Option(
-        "--force", help="Promote although the candidate is worse on a protected segment (or "
-        "failed its quality gate); needs --reason; audited.")] = False,
-    reason: Annotated[str | None, typer.Option(
-        help="Why (required with --force); recorded in the audit log and the registry.")]
-    = None,
-    threads: Annotated[int, typer.Option(min=0)] = 0,
-    registry: RegistryOpt = None,
-    policy: PolicyOpt = None,
-    as_json: JsonOpt = False,
-) -> int:
-    """Make the candidate the active model (the old one shadows it) unless it is worse than
-    the active one on a protected segment of the policy (medically shared uploads by
-    default): exit 1 then, unless --force --reason.  Audited."""
-    from models.classifier.registry import ModelRegistry
-    from pipeline.learning.compare import compare
-    from pipeline.learning.errors import NoModelToCompare, ReasonRequired
-    from pipeline.learning.promote import promote
-
-    if force and not (reason or "").strip():
-        raise ReasonRequired("--force needs --reason: why this model goes live anyway (it is "
-                             "audited)")
-    rt = _runtime(policy)
-    reg = ModelRegistry(_registry_root(registry))
-    if candidate is None:
-        shadows = reg.shadows()
-        if len(shadows) != 1:
-            raise NoModelToCompare("name the model to promote (there is not exactly one "
-                                   "shadow)")
-        candidate = shadows[0].ref
-    cmp = None
-    if reg.active() is not None:
-        with progress_bar(as_json) as bar:
-            cmp = compare(rt, reg, candidate=candidate, since=_when(since, "--since"),
-                          limit=limit, data=data, split=split, threads=threads,
-                          progress=BarProgress(bar))
-    done = promote(rt, reg, candidate, comparison=cmp, force=force, reason=reason)
-    d = done.as_dict()
-    if cmp is not None:
-        d["headline"] = cmp.headline()
-    if as_json:
-        emit(d, True)
-        return Exit.OK
-    how = "[bold red]forced[/bold red] " if done.forced else ""
-    out.print(f"{how}[green]promoted[/green] {done.entry.ref} ({done.entry.model_version}); "
-              f"previous: {done.previous or 'none'}", highlight=False)
-    if cmp is not None:
-        out.print(f"  {cmp.headline()['text']}", highlight=False)
     return Exit.OK
