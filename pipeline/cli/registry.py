@@ -127,7 +127,8 @@ def models_compare(
     against: Annotated[str | None, typer.Option(
         help="NAME@VERSION to compare with (default: the active model).")] = None,
     since: Annotated[str | None, typer.Option(
-        help="Traffic from this date (default: since the candidate became a shadow).")]
+        help="Traffic from this date (default: since the candidate became a shadow, else "
+        "the last 30 days).")]
     = None,
     until: Annotated[str | None, typer.Option(help="Traffic before this date.")] = None,
     limit: LimitOpt = 20_000,
@@ -171,7 +172,8 @@ def models_compare(
 def models_promote(
     candidate: CandidateArg = None,
     since: Annotated[str | None, typer.Option(
-        help="Traffic from this date (default: since the candidate became a shadow).")]
+        help="Traffic from this date (default: since the candidate became a shadow, else "
+        "the last 30 days).")]
     = None,
     limit: LimitOpt = 20_000,
     data: DataOpt = None,

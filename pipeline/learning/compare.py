@@ -2,9 +2,10 @@
 anything.
 
 * **Recent traffic**: stored decisions in a window (by default since the candidate became a
-  shadow).  The active model's scores are the stored ones when the decision was made by it
-  (else its model re-scores the stored original); the candidate's are the shadow scores
-  stored with the decision (else it re-scores the original).  Each pair goes through the
+  shadow, else the last 30 days; at most `limit` of them, the oldest first).  The active
+  model's scores are the stored ones when the decision was made by it (else its model
+  re-scores the stored original); the candidate's are the shadow scores stored with the
+  decision (else it re-scores the original).  Each pair goes through the
   policy in force with the upload's own context (and its hash-bank match, as it was), so the
   comparison is of outcomes: how many change, per queue and per context segment, and, where
   people decided, how many benign uploads each would flag and how many violating ones each
@@ -49,6 +50,8 @@ ROLES = ("active", "candidate")
 _NEGATIVE = frozenset({Verdict.BENIGN, Verdict.BENIGN_MEDICAL})
 #: decisions read per comparison unless told otherwise
 DEFAULT_LIMIT = 20_000
+#: the traffic window of a candidate that is not a shadow, unless told otherwise
+DEFAULT_WINDOW = dt.timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -485,6 +488,8 @@ def compare(
     act, cand = contenders(registry, candidate=candidate, active=active, threads=threads)
     if since is None and cand.entry.status == "shadow":
         since = registry.status_since(cand.entry.ref)
+    if since is None:
+        since = rt.review.clock() - DEFAULT_WINDOW
     rules = rt.policy.promotion
     extra = [f for f, _ in rules.protected_segments]
     rows, skipped = replay_traffic(rt, (act, cand), since=since, until=until, limit=limit,

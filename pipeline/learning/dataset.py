@@ -66,9 +66,9 @@ _EXT: Final = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "i
 _CONCLUSIVE: Final = frozenset({Verdict.VIOLATING, Verdict.BENIGN, Verdict.BENIGN_MEDICAL})
 _NEGATIVE: Final = frozenset({Verdict.BENIGN, Verdict.BENIGN_MEDICAL})
 
-#: near-duplicate finder: the exported images (sha256 -> bytes) -> pairs of sha256 that are
-#: the same picture
-NearDuplicates = Callable[[Mapping[str, bytes]], Iterable[tuple[str, str]]]
+#: near-duplicate finder: the exported images (sha256 -> file) -> pairs of sha256 that are the
+#: same picture
+NearDuplicates = Callable[[Mapping[str, Path]], Iterable[tuple[str, str]]]
 
 
 # ---- labels from verdicts -------------------------------------------------------------------
@@ -209,9 +209,10 @@ def clusters(keys: Sequence[str], pairs: Iterable[tuple[str, str]]) -> dict[str,
     return {k: find(k) for k in keys}
 
 
-def pdq_near_duplicates(images: Mapping[str, bytes]) -> list[tuple[str, str]]:
+def pdq_near_duplicates(images: Mapping[str, Path]) -> list[tuple[str, str]]:
     """Pairs of images whose PDQ hashes are at most 31 bits apart (exhaustive lookup, so none
-    within the threshold is missed); flat images whose hash is noise pair with nothing."""
+    within the threshold is missed); flat images whose hash is noise pair with nothing.  One
+    image in memory at a time; 32 bytes kept per image."""
     from models.classifier.data import decode_image
     from pipeline.hashing.index import PdqIndex
     from pipeline.hashing.pdq import pdq_hash
@@ -219,7 +220,7 @@ def pdq_near_duplicates(images: Mapping[str, bytes]) -> list[tuple[str, str]]:
     keys = list(images)
     hashes, qualities = [], []
     for k in keys:
-        pdq = pdq_hash(decode_image(images[k]))
+        pdq = pdq_hash(decode_image(images[k]))  # decode_image reads a path
         hashes.append(pdq.hash)
         qualities.append(pdq.quality)
     if not keys:
@@ -258,8 +259,8 @@ class ExportResult:
 
 
 def _copy_images(rows: list[Row], blobs: BlobStore, images_dir: Path,
-                 skipped: Counter[str]) -> dict[str, bytes]:
-    kept: dict[str, bytes] = {}
+                 skipped: Counter[str]) -> dict[str, Path]:
+    kept: dict[str, Path] = {}
     for r in rows:
         try:
             data = blobs.get(r.sha256)  # verified against its sha256
@@ -268,10 +269,11 @@ def _copy_images(rows: list[Row], blobs: BlobStore, images_dir: Path,
                         extra={"sha256": r.sha256, "error": exc.code})
             skipped[f"original unavailable ({exc.code})"] += 1
             continue
-        fd = os.open(images_dir / Path(r.path).name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        target = images_dir / Path(r.path).name
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        kept[r.sha256] = data
+        kept[r.sha256] = target
     return kept
 
 
@@ -306,7 +308,6 @@ def export_dataset(
         if not rows:
             raise NothingToExport("none of the reviewed content is in the blob store")
         cluster_of = clusters([r.sha256 for r in rows], near_duplicates(kept))
-        del kept
         for r in rows:
             r.cluster = cluster_of[r.sha256]
             r.split = split_of(r.cluster, split_shares)
@@ -377,4 +378,7 @@ def _move_into(staging: Path, out_dir: Path) -> None:
 
 def _empty(out_dir: Path) -> None:
     for p in out_dir.iterdir():
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()

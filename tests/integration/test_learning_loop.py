@@ -366,6 +366,7 @@ def test_rolling_back_to_the_worse_model_is_refused_then_forced_and_audited(
     world.review_everything(lambda d: d.labels)
     manifest = world.root / "export-w1" / "manifest.jsonl"
     res = world.cli("models", "promote", "synthetic@1", "--data", manifest, "--json", code=1)
+    print("rollback refused:", res["error"]["detail"])
     assert res["error"]["code"] == "model.promotion_refused"
     assert "medical_sharing=true" in res["error"]["detail"]
     assert world.registry.active().ref == "synthetic@2"  # type: ignore[union-attr]
