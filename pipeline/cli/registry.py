@@ -145,7 +145,8 @@ def models_compare(
     and per context segment, and against people's verdicts) and on an evaluation set; writes
     a Markdown report with plots and compare.json."""
     from models.classifier.registry import ModelRegistry
-    from pipeline.learning.compare import compare, write_report
+    from pipeline.learning.compare import compare
+    from pipeline.learning.report import write_report
 
     rt = runtime_under(policy)
     reg = ModelRegistry(registry_root(registry))
