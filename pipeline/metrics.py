@@ -1,7 +1,8 @@
 """Prometheus metrics of the API, on a registry of its own per app (so tests can build several).
 
 Labels are bounded sets only: route templates (never raw paths), status codes, outcomes,
-policy categories and context segments.  No account, upload or key ever becomes a label.
+policy categories and context segments (flags and choices, never counts or ids).  No account,
+upload or key ever becomes a label.
 """
 
 from __future__ import annotations
@@ -85,6 +86,43 @@ class ReviewQueueCollector(Collector):
             for key, fam in families.items():
                 fam.add_metric([str(row["queue"])], float(row[key]))
         yield from families.values()
+
+
+class FalsePositiveCollector(Collector):
+    """The false-positive rate people see, per context segment: of the uploads the policy
+    flagged and a person decided in the window, the share found benign.  Read at scrape time
+    from the database of record (one grouped query)."""
+
+    def __init__(self, rates: Callable[[], Sequence[Mapping[str, Any]]], *,
+                 window_days: int) -> None:
+        self._rates = rates
+        self._window = window_days
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            rows = list(self._rates())
+        except Exception as exc:  # a scrape must not fail because the database is down
+            log.warning("false-positive rates unavailable",
+                        extra={"error": type(exc).__name__})
+            return
+        w = f"the last {self._window} days"
+        rate = GaugeMetricFamily(
+            "lookfirst_review_false_positive_rate",
+            f"Share of flagged uploads people decided in {w} that they found benign "
+            "(absent where none was decided).", labels=["segment"])
+        decided = GaugeMetricFamily(
+            "lookfirst_review_flagged_decided",
+            f"Flagged (held or queued) uploads people decided in {w}.", labels=["segment"])
+        benign = GaugeMetricFamily(
+            "lookfirst_review_false_positives",
+            f"Flagged uploads people decided in {w} and found benign.", labels=["segment"])
+        for row in rows:
+            seg = str(row["segment"])
+            decided.add_metric([seg], float(row["decided"]))
+            benign.add_metric([seg], float(row["benign"]))
+            if row["rate"] is not None:
+                rate.add_metric([seg], float(row["rate"]))
+        yield from (rate, decided, benign)
 
 
 class ApiMetrics:
@@ -174,6 +212,11 @@ class ApiMetrics:
 
     def watch_outbox(self, backlog: Callable[[], Mapping[str, int]]) -> None:
         self.registry.register(OutboxCollector(backlog))
+
+    def watch_false_positives(self, rates: Callable[[], Sequence[Mapping[str, Any]]], *,
+                              window_days: int) -> None:
+        """`rates`: rows of segment, decided, benign, rate (pipeline.learning.segments)."""
+        self.registry.register(FalsePositiveCollector(rates, window_days=window_days))
 
     def observe_decision(self, *, outcome: str, context: Mapping[str, Any],
                          categories: Sequence[str]) -> None:

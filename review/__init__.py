@@ -63,6 +63,16 @@ from review.labelstudio import save_project as save_labelstudio_project
 from review.labelstudio import save_state as save_labelstudio_sync_state
 from review.labelstudio import status as labelstudio_sync_status
 from review.labelstudio import task_item as labelstudio_task_item
+from review.learning import (
+    FlaggedDecided,
+    ReviewedDecision,
+    ReviewedItem,
+    ReviewedVerdict,
+    TrafficDecision,
+    flagged_decided,
+    iter_traffic,
+    reviewed_decisions,
+)
 from review.outbox import (
     DELIVERED,
     Delivered,
@@ -216,4 +226,13 @@ __all__ = [
     "list_api_keys",
     "revoke_api_key",
     "save_stored_response",
+    # the learning loop's reads (datasets, model comparison, the false-positive rate)
+    "FlaggedDecided",
+    "ReviewedDecision",
+    "ReviewedItem",
+    "ReviewedVerdict",
+    "TrafficDecision",
+    "flagged_decided",
+    "iter_traffic",
+    "reviewed_decisions",
 ]

@@ -210,6 +210,13 @@ class ReviewItem(Base):
             postgresql_where=text(f"status IN {sql_in(set(CLAIMABLE))}"),
         ),
         Index("ix_review_item_lease", "status", "lease_expires_at"),
+        # decided reviews in a window of time: the false-positive rate, the dataset export
+        Index(
+            "ix_review_item_resolved",
+            "resolved_at",
+            sqlite_where=text("status = 'decided'"),
+            postgresql_where=text("status = 'decided'"),
+        ),
     )
 
 

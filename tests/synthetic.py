@@ -41,6 +41,8 @@ class Drawn:
     image: npt.NDArray[np.uint8]
     labels: tuple[str, ...]
     medical_sharing: bool
+    #: the distractor was drawn (small round spots: not blobs, but easy to take for them)
+    spots: bool = False
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> npt.NDArray[np.float32]:
@@ -127,7 +129,8 @@ def draw(rng: np.random.Generator, *, height: int = 80, width: int = 96) -> Draw
         alpha = rng.uniform(0.5, 0.9) * mask * pattern
         img = img * (1 - alpha[..., None]) + colour * alpha[..., None]
     # The distractor: small spots, far more often on medically shared uploads.
-    if rng.random() < (0.6 if medical else 0.1):
+    spotted = bool(rng.random() < (0.6 if medical else 0.1))
+    if spotted:
         spots = _discs(rng, height, width, count=(4, 9), radius=(0.03, 0.06))
         colour = np.array([0.7, 0.2, 0.2], dtype=np.float32) + rng.normal(0, 0.05, 3).astype(
             np.float32
@@ -136,7 +139,7 @@ def draw(rng: np.random.Generator, *, height: int = 80, width: int = 96) -> Draw
         img = img * (1 - a[..., None]) + colour * a[..., None]
     img = img + rng.normal(0.0, 0.05, size=img.shape).astype(np.float32)
     pixels = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return Drawn(pixels, tuple(labels), medical)
+    return Drawn(pixels, tuple(labels), medical, spotted)
 
 
 def write_dataset(

@@ -10,6 +10,11 @@ JSONL, one object per line::
 CSV, with a header: `path`, `labels` (names joined by `;`, empty for none), `split`, and any
 other column is a context field (`true`/`false` become booleans, whole numbers integers).
 
+A JSONL row may also carry `id`, `sha256` (the image's, 64 hex digits), `cluster` (the
+near-duplicate group it was split with) and `provenance` (an object: where the label came
+from): `lookfirst dataset export` writes them (pipeline/learning/dataset.py documents its
+format); training reads past them.
+
 `labels` lists the categories present; every other category is absent (a benign image has
 `[]`).  `split` is one of train, val (early stopping), calib (temperature scaling; val is
 used when there is none) and test (evaluation).  `context` fields slice the evaluation
@@ -23,6 +28,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +42,10 @@ from models.base import RGBImage
 from models.errors import DatasetError
 
 SPLITS: tuple[str, ...] = ("train", "val", "calib", "test")
+#: what a JSONL row may hold; the last four are bookkeeping that training does not read
+_JSONL_KEYS = frozenset({"path", "labels", "split", "context", "id", "sha256", "cluster",
+                         "provenance"})
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 ContextValue = bool | int | str | None
 
 
@@ -227,9 +237,14 @@ def _parse_jsonl(path: Path, text: str) -> Iterable[Sample]:
             raise DatasetError(f"{where}: not JSON ({exc.msg})") from None
         if not isinstance(row, dict):
             raise DatasetError(f"{where}: each line must be a JSON object")
-        extra = sorted(set(row) - {"path", "labels", "split", "context", "id"})
+        extra = sorted(set(row) - _JSONL_KEYS)
         if extra:
             raise DatasetError(f"{where}: unknown keys {extra}")
+        sha = row.get("sha256")
+        if sha is not None and not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
+            raise DatasetError(f"{where}: 'sha256' must be 64 lowercase hexadecimal digits")
+        if not isinstance(row.get("provenance", {}), dict):
+            raise DatasetError(f"{where}: 'provenance' must be an object")
         yield _sample(
             path, where, row.get("path"), row.get("labels"), row.get("split"),
             row.get("context", {}),

@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -149,6 +149,15 @@ class ModelRegistry:
     def history(self) -> list[dict[str, Any]]:
         return list(self._read().get("history", []))
 
+    def status_since(self, ref: str) -> dt.datetime | None:
+        """When the entry last took the status it has now (None: never changed since the
+        index began keeping history)."""
+        entry = self.resolve(ref)
+        for h in reversed(self.history()):
+            if h.get("ref") == entry.ref and h.get("action") in (entry.status, "register"):
+                return dt.datetime.fromisoformat(h["at"])
+        return None
+
     # -- lookups --------------------------------------------------------------------------
 
     def resolve(self, ref: str) -> Entry:
@@ -249,8 +258,12 @@ class ModelRegistry:
                                          "ref": f"{e['name']}@{e['version']}",
                                          "reason": "another model was activated"})
 
-    def set_status(self, ref: str, status: Status, *, force: bool = False) -> Entry:
-        """Change an entry's status; active or shadow needs a model that passed its gate."""
+    def set_status(self, ref: str, status: Status, *, force: bool = False,
+                   record: Mapping[str, Any] | None = None) -> Entry:
+        """Change an entry's status; active or shadow needs a model that passed its gate.
+
+        `record` goes into the history entry as it is (a promotion's checks, who asked for it
+        and why); it cannot overwrite the entry's own keys."""
         if status not in STATUSES:
             raise ModelError(f"status must be one of {', '.join(STATUSES)}")
         with self._locked() as index:
@@ -269,7 +282,7 @@ class ModelRegistry:
                               what=entry.ref)
                 self._demote_active(index)
             row["status"] = status
-            index["history"].append({"at": _now(), "action": status,
+            index["history"].append({**dict(record or {}), "at": _now(), "action": status,
                                      "ref": f"{row['name']}@{row['version']}",
                                      **({"forced": "quality gate"} if forced else {})})
             return self._entry(row)

@@ -28,6 +28,11 @@ from pipeline.api.deps import ApiState  # noqa: E402
 from pipeline.api.middleware import ApiMiddleware, classify_limit  # noqa: E402
 from pipeline.apikeys import KeyVerifier, RateLimiter  # noqa: E402
 from pipeline.batching import ClassifyService  # noqa: E402
+from pipeline.learning.segments import (  # noqa: E402
+    METRICS_WINDOW,
+    false_positive_rates,
+    read_flagged,
+)
 from pipeline.metrics import ApiMetrics  # noqa: E402
 from pipeline.runtime import Runtime  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
@@ -94,6 +99,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     )
     app_metrics.watch_review_queues(lambda: _queue_stats(rt))
     app_metrics.watch_outbox(lambda: _outbox_backlog(rt))
+    app_metrics.watch_false_positives(lambda: _false_positive_rates(rt),
+                                      window_days=METRICS_WINDOW.days)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -135,6 +142,12 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 def _outbox_backlog(rt: Runtime) -> dict[str, int]:
     with rt.db.transaction() as s:
         return outbox_backlog(s)
+
+
+def _false_positive_rates(rt: Runtime) -> list[dict[str, Any]]:
+    with rt.db.transaction() as s:
+        rows = read_flagged(s, since=rt.review.clock() - METRICS_WINDOW)
+    return [r.as_dict() for r in false_positive_rates(rows)]
 
 
 def _queue_stats(rt: Runtime) -> list[dict[str, Any]]:

@@ -24,7 +24,9 @@ from pipeline.cli import (  # noqa: E402
     db,
     decisions,
     labelstudio,
+    learning,
     policy,
+    registry,
     review,
     reviewers,
     scoring,
@@ -39,9 +41,10 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split
 # Commands without a name are merged in, groups added under their own name; the order is the
 # order `lookfirst --help` lists them in: top-level commands first, then the groups.
 for part in (
-    scoring.app, worker.app, serve.app, classifier.app,
+    scoring.app, worker.app, serve.app, classifier.app, learning.app,
     review.app, actions.app, audit.app, policy.app, db.app, reviewers.app, decisions.app,
-    worker.outbox_app, banks.app, serve.keys_app, labelstudio.app, classifier.models_app,
+    worker.outbox_app, banks.app, serve.keys_app, labelstudio.app, registry.models_app,
+    learning.dataset_app,
 ):
     app.add_typer(part)
 

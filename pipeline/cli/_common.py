@@ -1,6 +1,7 @@
 """What every command group shares: the consoles and progress bars, the exit codes and the one
 table from an error's kind to its exit code, `JsonOpt`, the settings and runtime, `emit`, and
-`guarded`.
+`guarded`; and what the model commands share (`PolicyOpt`, `RegistryOpt`, `ForceOpt`, the
+policy and registry they name, dates on the command line).
 
 Exit codes: 0 ok, 1 a check failed (audit verify), 2 the user's input was refused, 3 an external
 dependency (database, model, webhook) is unavailable.  Errors are one JSON object
@@ -15,6 +16,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn, ParamSpec
 
 import typer
@@ -22,14 +24,17 @@ from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy.exc import OperationalError
 
-from models.errors import CodedError
+from models.errors import CodedError, InvalidArgument
 from pipeline.errors import ConfigurationError, ErrorKind
 from pipeline.settings import Settings
 from review import ReviewError
 
 if TYPE_CHECKING:
+    import datetime as dt
+
     from rich.progress import Progress
 
+    from pipeline.policy import Policy
     from pipeline.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -178,3 +183,46 @@ def progress_bar(as_json: bool) -> Progress:
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=as_json)
+
+
+# ---- what the model commands share ------------------------------------------------------------
+PolicyOpt = Annotated[Path | None, typer.Option(
+    "--policy", help="Policy file (default: LOOKFIRST_POLICY_PATH, or bundled).")]
+RegistryOpt = Annotated[Path | None, typer.Option(
+    "--registry", help="Model registry directory (default: DATA_DIR/models).")]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Accept a model that failed its training quality gate (recorded).")]
+
+
+def policy_at(path: Path | None) -> Policy:
+    """The policy named by --policy, or the settings' one."""
+    from pipeline.policy import load_policy
+
+    return load_policy(path or settings().policy_path)
+
+
+def registry_root(path: Path | None) -> Path:
+    return path or settings().data_dir / "models"
+
+
+def runtime_under(policy: Path | None) -> Runtime:
+    """`runtime()`, under the policy --policy names when it names one."""
+    from pipeline.runtime import Runtime
+
+    rt = Runtime(settings(), policy=policy_at(policy) if policy is not None else None)
+    rt.db.upgrade()
+    return rt
+
+
+def when(text: str | None, flag: str) -> dt.datetime | None:
+    """A date or ISO date-time from the command line (UTC unless it says otherwise)."""
+    import datetime as dt
+
+    if text is None:
+        return None
+    try:
+        at = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidArgument(f"{flag} {text!r}: give a date (2026-12-01) or an ISO "
+                              "date-time (2026-12-01T08:00:00+00:00)") from None
+    return at.replace(tzinfo=dt.UTC) if at.tzinfo is None else at

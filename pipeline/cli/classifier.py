@@ -1,5 +1,5 @@
-"""The trainable classifier's commands: train, evaluate, export, quantize, doctor, and the model
-registry (`models list|register|activate|shadow|deactivate`).
+"""The trainable classifier's commands: train, evaluate, export, quantize and doctor (the model
+registry's are in `registry`, the learning loop's in `learning`).
 
 torch is imported only by the commands that need it (inside `torch_extra()`, which names the
 extra when it is missing), so the rest of the CLI starts fast and works without it.  The policy
@@ -9,45 +9,28 @@ supplies the categories a model is trained for and the thresholds it is judged a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from pipeline.cli._common import (
     BarProgress,
     Exit,
+    ForceOpt,
     JsonOpt,
+    PolicyOpt,
+    RegistryOpt,
     commands,
     emit,
-    group,
     guarded,
     out,
     progress_bar,
     settings,
 )
-
-if TYPE_CHECKING:
-    from models.classifier.registry import Status
-    from pipeline.policy import Policy
+from pipeline.cli._common import policy_at as _policy
+from pipeline.cli._common import registry_root as _registry_root
 
 app = commands()
-models_app = group("models", "The model registry: active and shadow models.")
-
-PolicyOpt = Annotated[Path | None, typer.Option(
-    "--policy", help="Policy file (default: LOOKFIRST_POLICY_PATH, or bundled).")]
-RegistryOpt = Annotated[Path | None, typer.Option(
-    "--registry", help="Model registry directory (default: DATA_DIR/models).")]
-
-
-# ---- helpers ------------------------------------------------------------------------------------
-def _policy(path: Path | None) -> Policy:
-    from pipeline.policy import load_policy
-
-    return load_policy(path or settings().policy_path)
-
-
-def _registry_root(path: Path | None) -> Path:
-    return path or settings().data_dir / "models"
 
 
 # ---- commands -----------------------------------------------------------------------------------
@@ -55,13 +38,18 @@ def _registry_root(path: Path | None) -> Path:
 @guarded
 def train_cmd(
     data: Annotated[Path, typer.Option("--data", help="Labelled manifest (.jsonl or .csv).")],
-    arch: Annotated[str, typer.Option("--arch", help="mobilenet_v3_large, mobilenet_v3_small, "
-                                      "efficientnet_b0, resnet18, resnet50, convnext_tiny.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output directory (checkpoints, "
                                           "model.pt).")],
+    arch: Annotated[str | None, typer.Option("--arch", help="efficientnet_lite0 (default; "
+                                             "ImageNet weights installed offline), "
+                                             "mobilenet_v3_large, mobilenet_v3_small, "
+                                             "efficientnet_b0, resnet18, resnet50, "
+                                             "convnext_tiny.")] = None,
     init: Annotated[str | None, typer.Option(
-        "--init", help="Initial weights: a local state_dict/checkpoint file, or 'imagenet' "
-        "(torchvision's cache; needs the network).")] = None,
+        "--init", help="Initial weights: default the architecture's offline pretrained "
+        "weights (efficientnet_lite0) or none; 'none' (from scratch), 'pretrained', "
+        "'imagenet' (offline where shipped, else torchvision's cache: needs the network), or "
+        "a local state_dict/checkpoint file.")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping may end "
                                         "sooner).")] = 30,
     patience: Annotated[int, typer.Option(min=1, help="Epochs without validation "
@@ -81,29 +69,44 @@ def train_cmd(
     no_pos_weight: Annotated[bool, typer.Option("--no-pos-weight", help="Do not reweight "
                                                 "rare categories.")] = False,
     no_augment: Annotated[bool, typer.Option("--no-augment")] = False,
+    select_on: Annotated[str, typer.Option(
+        "--select-on", help="What picks the best epoch and stops early: roc_auc (mean over "
+        "categories), average_precision, or loss.")] = "roc_auc",
+    min_auc: Annotated[float, typer.Option(
+        "--min-auc", min=0.0, max=1.0, help="Quality gate: every category's ROC AUC "
+        "(validation and calibration split) must reach this.")] = 0.6,
+    allow_weak: Annotated[bool, typer.Option(
+        "--allow-weak", help="A run below the gate warns and exits 0 instead of failing; its "
+        "model is still not registrable without --force.")] = False,
     policy: PolicyOpt = None,
     as_json: JsonOpt = False,
 ) -> int:
     """Train a multi-label classifier on a labelled manifest, calibrated on held-out data.
 
-    Writes OUT/model.pt (the calibrated best epoch), best.pt, last.pt and training.json.
+    Starts from EfficientNet-Lite0's ImageNet weights unless told otherwise; keeps the epoch
+    with the best validation ROC AUC; fails (exit 1) when a category is not clearly better
+    than chance. Writes OUT/model.pt (the calibrated best epoch), best.pt, last.pt and
+    training.json.
     """
     from models.classifier import torch_extra
     from models.classifier.data import Manifest
 
     with torch_extra():
-        from models.classifier.arch import get_architecture
+        from models.classifier.arch import DEFAULT_ARCH, get_architecture
         from models.classifier.train import TrainConfig, train
 
-    get_architecture(arch)
+    if arch is not None:
+        get_architecture(arch)
     pol = _policy(policy)
     manifest = Manifest.load(data)
     cats = manifest.categories_to_learn(tuple(pol.categories), requested=category or (),
                                         source=f"policy {pol.name}")
     cfg = TrainConfig(
-        arch=arch, categories=cats, size=size, epochs=epochs, patience=patience,
+        categories=cats, size=size, epochs=epochs, patience=patience,
         batch_size=batch_size, lr=lr, seed=seed, init=init, pos_weight=not no_pos_weight,
         augment=not no_augment, workers=workers, threads=threads, name=name,
+        select_on=select_on, min_auc=min_auc, on_weak="warn" if allow_weak else "error",
+        arch=arch if arch is not None else DEFAULT_ARCH,
     )
     with progress_bar(as_json) as bar:
         result = train(manifest, cfg, out_dir, progress=BarProgress(bar))
@@ -112,8 +115,11 @@ def train_cmd(
     if as_json:
         emit(d, True)
         return Exit.OK
-    out.print(f"[green]trained[/green] {result.model_path} (best epoch "
-              f"{result.best_epoch} of {result.epochs_run})", highlight=False)
+    verdict = ("[green]trained[/green]" if result.registrable
+               else "[bold red]NOT REGISTRABLE[/bold red]")
+    out.print(f"{verdict} {result.model_path} (best epoch {result.best_epoch} of "
+              f"{result.epochs_run}, {result.seconds_per_epoch:.1f} s per epoch)",
+              highlight=False)
     for c, auc in result.val_auc.items():
         j = result.calibration.categories.index(c)
         out.print(f"  {c}: val ROC AUC {auc:.3f}, temperature "
@@ -221,6 +227,7 @@ def export_cmd(
     register_as: Annotated[str | None, typer.Option(
         "--register", help="Also register it in the model registry under this version.")]
     = None,
+    force: ForceOpt = False,
     registry: RegistryOpt = None,
     policy: PolicyOpt = None,
     as_json: JsonOpt = False,
@@ -254,7 +261,8 @@ def export_cmd(
         "parity": result.parity.as_dict(),
     }
     if register_as:
-        entry = ModelRegistry(_registry_root(registry)).register(out_dir, version=register_as)
+        entry = ModelRegistry(_registry_root(registry)).register(out_dir, version=register_as,
+                                                                  force=force)
         d["registered"] = entry.as_dict()
     if as_json:
         emit(d, True)
@@ -324,75 +332,3 @@ def doctor_cmd(as_json: JsonOpt = False) -> int:
     out.print(f"serving: {r['selected']['serving']}; batch jobs: "
               f"{r['selected']['batch_jobs']}", highlight=False)
     return Exit.OK
-
-
-# ---- the registry -------------------------------------------------------------------------------
-@models_app.command("list")
-@guarded
-def models_list(registry: RegistryOpt = None, as_json: JsonOpt = False) -> int:
-    """Registered models, their status and version."""
-    from rich.table import Table
-
-    from models.classifier.registry import ModelRegistry
-
-    entries = ModelRegistry(_registry_root(registry)).entries()
-    if as_json:
-        emit([e.as_dict() for e in entries], True)
-        return Exit.OK
-    t = Table("model", "status", "model version", "arch", "categories", "registered")
-    for e in entries:
-        colour = {"active": "green", "shadow": "yellow"}.get(e.status, "dim")
-        t.add_row(e.ref, f"[{colour}]{e.status}[/{colour}]", e.model_version, e.arch,
-                  ", ".join(e.categories), e.registered_at)
-    out.print(t)
-    return Exit.OK
-
-
-@models_app.command("register")
-@guarded
-def models_register(
-    model: Annotated[Path, typer.Argument(help="An exported model directory.")],
-    version: Annotated[str | None, typer.Option(help="Version label (default: sha256 "
-                                                "prefix).")] = None,
-    registry: RegistryOpt = None,
-    as_json: JsonOpt = False,
-) -> int:
-    """Add an exported model (inactive until activated or shadowed)."""
-    from models.classifier.registry import ModelRegistry
-
-    entry = ModelRegistry(_registry_root(registry)).register(model, version=version)
-    emit(entry.as_dict() if as_json else f"registered {entry.ref} ({entry.model_version})",
-         as_json)
-    return Exit.OK
-
-
-def _set_status(ref: str, status: Status, registry: Path | None, as_json: bool) -> int:
-    from models.classifier.registry import ModelRegistry
-
-    entry = ModelRegistry(_registry_root(registry)).set_status(ref, status)
-    emit(entry.as_dict() if as_json else f"{entry.ref} is now {entry.status}", as_json)
-    return Exit.OK
-
-
-RefArg = Annotated[str, typer.Argument(help="NAME@VERSION (or NAME with one version).")]
-
-
-@models_app.command("activate")
-@guarded
-def models_activate(ref: RefArg, registry: RegistryOpt = None, as_json: JsonOpt = False) -> int:
-    """Make a model the one whose scores decide outcomes (the previous one shadows)."""
-    return _set_status(ref, "active", registry, as_json)
-
-
-@models_app.command("shadow")
-@guarded
-def models_shadow(ref: RefArg, registry: RegistryOpt = None, as_json: JsonOpt = False) -> int:
-    """Score live traffic with a model for comparison, without affecting outcomes."""
-    return _set_status(ref, "shadow", registry, as_json)
-
-
-@models_app.command("deactivate")
-@guarded
-def models_deactivate(ref: RefArg, registry: RegistryOpt = None, as_json: JsonOpt = False) -> int:
-    """Stop scoring with a model (it stays registered)."""
-    return _set_status(ref, "inactive", registry, as_json)

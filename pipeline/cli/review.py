@@ -139,20 +139,56 @@ def review_decide(
 
 @app.command("stats")
 @guarded
-def review_stats(as_json: JsonOpt = False) -> int:
-    """Depth, oldest age and SLA breaches per queue."""
+def review_stats(
+    days: Annotated[int, typer.Option(
+        min=1, max=3650, help="The false-positive rate's window: verdicts of the last DAYS "
+        "days.")] = 30,
+    as_json: JsonOpt = False,
+) -> int:
+    """Depth, oldest age and SLA breaches per queue; the false-positive rate (flagged uploads
+    people found benign) per queue and per context segment."""
+    from pipeline.learning.segments import (
+        false_positive_rates,
+        false_positive_rates_by_queue,
+        read_flagged,
+    )
+
     rt = runtime()
+    since = rt.review.clock() - dt.timedelta(days=days)
     with rt.db.transaction() as s:
         rows = rt.review.stats(s)
+        flagged = read_flagged(s, since=since)
+    by_queue = false_positive_rates_by_queue(flagged)
+    segments = false_positive_rates(flagged)
+    for r in rows:
+        fp = by_queue.get(r["queue"])
+        r["flagged_decided"] = fp.decided if fp else 0
+        r["false_positives"] = fp.benign if fp else 0
+        r["fp_rate"] = fp.as_dict()["rate"] if fp else None
     if as_json:
-        emit(rows, True)
+        emit({"queues": rows, "false_positives": {
+            "window_days": days, "since": since.isoformat(),
+            "definition": "of the uploads the policy flagged that people decided, the share "
+                          "they found benign (benign or benign_medical)",
+            "segments": [x.as_dict() for x in segments]}}, True)
         return Exit.OK
-    t = Table("queue", "depth", "claimed", "oldest (s)", "breaches", "SLA (h)")
+    t = Table("queue", "depth", "claimed", "oldest (s)", "breaches", "SLA (h)",
+              f"decided ({days} d)", "FP rate")
     for r in rows:
         t.add_row(r["queue"], str(r["depth"]), str(r["claimed"]), f"{r['oldest_age_s']:.0f}",
-                  str(r["breaches"]), f"{(r['sla_s'] or 0) / 3600:.0f}")
+                  str(r["breaches"]), f"{(r['sla_s'] or 0) / 3600:.0f}",
+                  str(r["flagged_decided"]), _rate(r["fp_rate"]))
     out.print(t)
+    f = Table("segment", "flagged, decided", "found benign", "FP rate",
+              title=f"False positives by context segment, last {days} days")
+    for x in segments:
+        f.add_row(x.segment, str(x.decided), str(x.benign), _rate(x.rate))
+    out.print(f)
     return Exit.OK
+
+
+def _rate(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1%}"
 
 
 @app.command("diagram")

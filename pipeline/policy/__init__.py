@@ -22,9 +22,11 @@ from pipeline.policy.model import (
     Modifier,
     Policy,
     PolicyDecision,
+    PromotionRules,
     QueueSpec,
     Thresholds,
     qa_draw,
+    segment_name,
 )
 
 __all__ = [
@@ -36,10 +38,12 @@ __all__ = [
     "Modifier",
     "Policy",
     "PolicyDecision",
+    "PromotionRules",
     "QueueSpec",
     "Thresholds",
     "bundled_policy",
     "load_policy",
     "policy_from_text",
     "qa_draw",
+    "segment_name",
 ]

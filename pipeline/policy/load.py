@@ -22,6 +22,7 @@ from pipeline.policy.model import (
     CategorySpec,
     Modifier,
     Policy,
+    PromotionRules,
     QueueSpec,
     Thresholds,
 )
@@ -165,7 +166,8 @@ class _Validator:
 
 _TOP_REQUIRED = ("version", "name", "categories", "queues", "special_queues",
                  "severity_priority", "verdicts")
-_TOP_OPTIONAL = ("description", "modifiers", "urgent_actions", "two_person_severity")
+_TOP_OPTIONAL = ("description", "modifiers", "urgent_actions", "two_person_severity",
+                 "promotion")
 
 
 def policy_from_text(text: str, *, source: str = "<string>") -> Policy:
@@ -267,6 +269,7 @@ def _build(v: _Validator, data: object, source: str, digest: str) -> Policy:
         verdict_actions=types.MappingProxyType(verdict_actions),
         source=source,
         digest=digest,
+        promotion=_promotion(v, top.get("promotion")),
     )
 
 
@@ -455,6 +458,38 @@ def _when(v: _Validator, raw: object, path: _PathT) -> tuple[str, tuple[tuple[st
                 raise v.fail(op_path, f"must be {expected}")
             conditions.append((op, operand))
     return fname, tuple(conditions)
+
+
+def _promotion(v: _Validator, raw: object) -> PromotionRules:
+    path: _PathT = ("promotion",)
+    if raw is None:
+        return PromotionRules()
+    p = v.mapping(raw, path, optional=("protected_segments", "fpr_tolerance"))
+    default = PromotionRules()
+    segments = default.protected_segments
+    if "protected_segments" in p:
+        sp = path + ("protected_segments",)
+        if not isinstance(p["protected_segments"], list):
+            raise v.fail(sp, "must be a list of segments, each {context_field: value}")
+        found: list[tuple[str, Any]] = []
+        for i, seg in enumerate(p["protected_segments"]):
+            m = v.mapping(seg, sp + (i,), free_keys=True)
+            if len(m) != 1:
+                raise v.fail(sp + (i,), "must name exactly one context field and its value")
+            ((fname, value),) = m.items()
+            spec = CONTEXT_FIELDS.get(fname)
+            if spec is None:
+                raise v.fail(sp + (i, fname),
+                             f"unknown context field (known: {', '.join(CONTEXT_FIELDS)})")
+            if not spec.accepts(value):
+                raise v.fail(sp + (i, fname), "is not a value this context field takes")
+            if (fname, value) in found:
+                raise v.fail(sp + (i,), "is listed twice")
+            found.append((fname, value))
+        segments = tuple(found)
+    tolerance = (v.number(p["fpr_tolerance"], path + ("fpr_tolerance",), 0.0, 1.0)
+                 if "fpr_tolerance" in p else default.fpr_tolerance)
+    return PromotionRules(protected_segments=segments, fpr_tolerance=tolerance)
 
 
 _NOT_FOR_VIOLATING = {

@@ -87,6 +87,30 @@ class Modifier:
         return all(_OPS[op](value, x) for op, x in self.conditions)
 
 
+@dataclass(frozen=True, slots=True)
+class PromotionRules:
+    """What `lookfirst models promote` protects: a candidate model whose false-positive rate
+    (benign uploads it would flag) on a protected context segment is worse than the active
+    model's by more than `fpr_tolerance` is refused unless forced with a reason."""
+
+    #: (context field, value) pairs, each one segment: medically shared uploads by default
+    protected_segments: tuple[tuple[str, Any], ...] = (("medical_sharing", True),)
+    #: how much worse (absolute, as a share of benign uploads) still passes
+    fpr_tolerance: float = 0.02
+
+    @property
+    def segment_names(self) -> tuple[str, ...]:
+        """`field=value` as the evaluation and the comparison name segments."""
+        return tuple(segment_name(f, v) for f, v in self.protected_segments)
+
+
+def segment_name(field: str, value: Any) -> str:
+    """One context segment's name: `medical_sharing=true`, `audience=public`."""
+    text = ("true" if value else "false") if isinstance(value, bool) else (
+        "null" if value is None else str(value))
+    return f"{field}={text}"
+
+
 # ---- the decision -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PolicyDecision:
@@ -144,6 +168,8 @@ class Policy:
     #: claims, the digest is what was actually in force
     source: str
     digest: str
+    #: what model promotion protects (the `promotion` section; medical sharing by default)
+    promotion: PromotionRules = field(default_factory=PromotionRules)
 
     def queue_for(self, name: str) -> QueueSpec:
         try:

@@ -154,7 +154,7 @@ def test_train_cli_with_init_path(tiny: Path, tmp_path: Path) -> None:
     res = invoke(app, "train", "--data", noise, "--arch", "mobilenet_v3_small", "--out",
                  tmp_path / "run", "--init", init, "--epochs", "1", "--size", "32",
                  "--threads", "1", "--batch-size", "16", "--policy", policy, "--json")
-    assert res.exit_code != 0, res.output
+    assert res.exit_code == 1, res.output  # a check failed: kind check_failed
     assert json.loads(res.stdout)["error"]["code"] == "model.did_not_learn"
     ckpt = load_checkpoint(tmp_path / "run" / "model.pt")
     assert ckpt.meta["init"]["source"] == str(init)
