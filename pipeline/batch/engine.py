@@ -18,9 +18,11 @@ import logging
 import multiprocessing as mp
 import os
 import resource
+import signal
+import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -31,36 +33,40 @@ import numpy as np
 
 from pipeline.batch.errors import EngineUnavailable
 from pipeline.batch.output import PartWriter, summarize, write_summary
-from pipeline.batch.predictor import Prediction, Predictor, PredictorSpec, rows_to_batch
+from pipeline.batch.predictor import (
+    Prediction,
+    PredictorSpec,
+    rows_to_batch,
+    worker_init,
+    worker_predict,
+)
 from pipeline.batch.progress import JobProgress
 from pipeline.batch.recorder import BatchRecorder, error_row
 from pipeline.batch.resume import JobDir
 from pipeline.batch.sources import Source, SourceRow, open_source
 from pipeline.errors import DependencyUnavailable
-from pipeline.policy import Context, Policy
-from pipeline.runtime import Runtime
+from pipeline.runtime import Runtime, choose_variant
 
 __all__ = ["JobOptions", "JobResult", "resolve_model", "run_job"]
 
 logger = logging.getLogger(__name__)
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
-
-
 @dataclass(frozen=True)
 class JobOptions:
+    """How to run a job; None takes the settings' default (LOOKFIRST_BATCH_*)."""
+
     engine: Literal["local", "ray"] = "local"
     #: worker processes (local) or actors (Ray); 0: one per core
-    workers: int = 0
+    workers: int | None = None
     #: images per model call, and decisions per transaction
-    batch_size: int = 16
+    batch_size: int | None = None
     #: batches out per worker at a time (the bound between dispatch and recording)
     in_flight: int = 2
     #: auto (the fastest variant whose measured agreement passes the bar), fp32, ov-bf16,
     #: int8-mixed; ignored when the runtime's scorer is not NudeNet
-    model: str = "auto"
+    model: str | None = None
     resume: bool = False
-    part_rows: int = 2048
+    part_rows: int | None = None
     part_seconds: float = 30.0
     progress: bool | None = None
     #: measure a never-measured variant before choosing (else: fp32 until it is measured)
@@ -83,44 +89,11 @@ class JobResult:
     elapsed_s: float = 0.0
 
 
-def _policy_outcome(policy: Policy) -> Any:
-    context = Context()
-
-    def outcome(scores: Mapping[str, float]) -> str:
-        return policy.evaluate(scores, context, content_sha256="0" * 64).outcome
-
-    return outcome
-
-
-def _policy_thresholds(policy: Policy) -> dict[str, list[float]]:
-    return {
-        name: [t for t in (c.thresholds.review, c.thresholds.hold) if t is not None and t < 1.0]
-        for name, c in policy.categories.items()
-    }
-
-
 def resolve_model(rt: Runtime, requested: str, *, measure: bool = True) -> str:
-    """Which model the job runs: a NudeNet variant chosen by measured agreement, or the
-    runtime's own scorer when that is not NudeNet."""
-    if rt.settings.scorer != "nudenet-320n":
-        return rt.settings.scorer
-    from models import nudenet_fast
-
-    return nudenet_fast.select_variant(
-        requested,
-        root=rt.settings.data_dir / "models",
-        outcome=_policy_outcome(rt.policy),
-        thresholds=_policy_thresholds(rt.policy),
-        sample_folders=[SAMPLES] if SAMPLES.is_dir() else [],
-        measure_missing=measure,
-        threads=max(1, os.cpu_count() or 1),
-        judged_by=policy_id(rt.policy),
-    )
-
-
-def policy_id(policy: Policy) -> str:
-    """What a variant's agreement was judged under: outcomes depend on the policy's rules."""
-    return f"{policy.name} {policy.version} sha256:{policy.digest[:12]}"
+    """Which model the job runs: a NudeNet variant chosen by measured agreement (measured
+    first when never measured here, with `measure`), or the runtime's own scorer when that
+    is not NudeNet."""
+    return choose_variant(rt.settings, rt.policy, requested, measure=measure)
 
 
 def predictor_spec(rt: Runtime, model: str, *, threads: int) -> PredictorSpec:
@@ -173,8 +146,11 @@ class _Job:
         self.source = source
         self.job = job
         self.options = options
+        settings = rt.settings
+        #: images per model call and decisions per transaction
+        self.batch_size: int = options.batch_size or settings.batch_job_size
         self.recorder = BatchRecorder(rt)
-        self.writer = PartWriter(job.out, part_rows=options.part_rows,
+        self.writer = PartWriter(job.out, part_rows=options.part_rows or settings.batch_part_rows,
                                  part_seconds=options.part_seconds)
         self.trace = _Trace(options.trace)
         self.counters = {"skipped": 0, "from_store": 0, "to_model": 0, "errors": 0,
@@ -210,25 +186,26 @@ class _Job:
             self.recorder.close()
 
 
-def _worker_init(spec: PredictorSpec) -> None:
-    global _PREDICTOR
-    # one model thread per process: the processes are the parallelism
-    _PREDICTOR = Predictor(spec)
-
-
-_PREDICTOR: Predictor | None = None
-
-
-def _worker_predict(batch: dict[str, Any]) -> dict[str, Any]:
-    assert _PREDICTOR is not None, "worker not initialised"
-    return _PREDICTOR(batch)
+def _start_workers(pool: ProcessPoolExecutor, workers: int) -> None:
+    """Start every worker now, with Ctrl-C ignored while they start: a worker inherits that,
+    so Ctrl-C reaches only this process, which commits what is recorded and shuts the pool
+    down (a worker hit while importing would print its own traceback instead)."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers belong to the main thread; the pool starts as it is used
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for _ in range(workers):  # each submit finds no idle worker and starts one
+            pool.submit(int)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _run_local(job: _Job, spec: PredictorSpec, workers: int, progress: JobProgress) -> None:
     options = job.options
     ctx = mp.get_context("spawn")  # no forked copies of the parent's DB pool or threads
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=worker_init,
                                initargs=(spec,))
+    _start_workers(pool, workers)
     pending: deque[_Batch] = deque()
     limit = max(1, workers * options.in_flight)
 
@@ -244,13 +221,13 @@ def _run_local(job: _Job, spec: PredictorSpec, workers: int, progress: JobProgre
         progress.advance(job.finish(batch, predictions))
 
     try:
-        for rows in _pending_batches(job.source, job.job, options.batch_size):
+        for rows in _pending_batches(job.source, job.job, job.batch_size):
             if not rows:
                 continue
             batch = job.prepare(rows)
             if batch.to_model:
                 batch.future = pool.submit(
-                    _worker_predict,
+                    worker_predict,
                     rows_to_batch([r.ordinal for r in batch.to_model],
                                   [r.location or "" for r in batch.to_model]),
                 )
@@ -268,14 +245,18 @@ def _run_local(job: _Job, spec: PredictorSpec, workers: int, progress: JobProgre
 def run_job(rt: Runtime, source_spec: str, out: Path, options: JobOptions) -> JobResult:
     """Run (or resume) one batch job to the end; returns its summary.
 
+    Interrupted (KeyboardInterrupt, or any error), it commits the output rows of every
+    decision recorded so far and re-raises: the same job with `resume` goes on from there.
     The local engine spawns its worker processes: a script that calls this must do so under
     `if __name__ == "__main__":` (as every spawn-based multiprocessing program must)."""
     started = time.monotonic()
     source = open_source(source_spec)
     job_dir = JobDir(out, source.fingerprint(), resume=options.resume)
     try:
-        workers = options.workers or max(1, os.cpu_count() or 1)
-        model = resolve_model(rt, options.model, measure=options.measure_model)
+        workers = (options.workers if options.workers is not None
+                   else rt.settings.batch_workers) or max(1, os.cpu_count() or 1)
+        model = resolve_model(rt, options.model or rt.settings.model_variant,
+                              measure=options.measure_model)
         threads = 1 if workers > 1 else max(1, os.cpu_count() or 1)
         spec = predictor_spec(rt, model, threads=threads)
         total = source.count()

@@ -2,16 +2,20 @@
 
 The same class runs in the local engine's worker processes and as a Ray Data actor
 (`map_batches`).  For each row it reads the bytes (local path or fsspec URL), passes them
-through the safe-decode boundary (`pipeline.ingest`), stores the blob (content-addressed, so
-a repeat is free and a decision never points at a missing blob), and scores the decoded
+through the safe-decode boundary (`pipeline.ingest`), stores the blobs (content-addressed, so
+a repeat is free, and durable before any decision names them), and scores the decoded
 images in one model call.  Policy and recording are not its business: a batch out is plain
 columns (numpy arrays) that the recorder turns into decisions.
+
+This module is what a worker process imports: it stays clear of the policy, the database
+and the review store (their imports cost a worker seconds of start-up on two cores).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +24,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.base import RGBImage, Scorer, ScoreResult
+from models.base import Evidence, RGBImage, Scorer, ScoreResult
+from models.classifier.shadow import shadow_scores
 from pipeline.batch.errors import FILE_NOT_FOUND, FILE_UNREADABLE
-from pipeline.batch.sources import read_bytes
 from pipeline.blobs import LocalBlobStore
 from pipeline.errors import ErrorKind, ImageTooLarge, PipelineError
 from pipeline.ingest import IngestedImage, ingest_bytes
 
-__all__ = ["OUTPUT_COLUMNS", "Prediction", "Predictor", "PredictorSpec", "rows_to_batch"]
+__all__ = ["OUTPUT_COLUMNS", "Prediction", "Predictor", "PredictorSpec", "read_bytes",
+           "rows_to_batch", "worker_init", "worker_predict"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +85,15 @@ class Prediction:
     shadow: list[dict[str, Any]]
     error_code: str | None
     error_detail: str | None
+
+    def result(self) -> ScoreResult:
+        """The model's result for this row, as the scorer returned it in the worker."""
+        assert self.model_version is not None
+        return ScoreResult(
+            model_version=self.model_version, scores=self.scores,
+            evidence=tuple(Evidence(e["category"], e["label"], e["score"],
+                                    tuple(e["box"]) if e["box"] else None)
+                           for e in self.evidence))
 
     @classmethod
     def from_batch(cls, batch: Mapping[str, npt.NDArray[Any]]) -> list[Prediction]:
@@ -155,6 +169,7 @@ class Predictor:
             cols[name] = ["{}" if name == "scores" else "[]"] * n
         images: list[RGBImage] = []
         where: list[int] = []
+        blobs: list[bytes] = []
         for i, location in enumerate(locations):
             try:
                 image, data = self._ingest(location)
@@ -164,13 +179,15 @@ class Predictor:
             except PipelineError as exc:
                 cols["error_code"][i], cols["error_detail"][i] = exc.code, exc.detail
                 continue
-            if self.blobs is not None:
-                self.blobs.put(data)  # before any record: a decision never lacks its blob
+            blobs.append(data)
             cols["sha256"][i], cols["mime"][i] = image.sha256, image.mime
             cols["width"][i], cols["height"][i] = image.width, image.height
             cols["size_bytes"][i] = image.size_bytes
             images.append(image.pixels)
             where.append(i)
+        if self.blobs is not None and blobs:
+            self.blobs.put_many(blobs)  # durable before any record: no decision lacks its blob
+        del blobs
         if images:
             for i, result in zip(where, self.scorer.score(images), strict=True):
                 cols["model_version"][i] = result.model_version
@@ -204,9 +221,38 @@ def _evidence(result: ScoreResult) -> list[dict[str, Any]]:
 
 
 def _shadow(result: ScoreResult) -> list[dict[str, Any]]:
-    """Shadow models' scores, read by duck type as pipeline.scoring does (the classifier
-    registry's scorer carries them)."""
-    rows = getattr(result, "shadow", ())
-    return [{"model_version": r.model_version,
-             "scores": {k: round(float(v), 4) for k, v in r.scores.items()},
-             "error": r.error} for r in rows]
+    """Shadow models' scores (the classifier registry's scorer carries them), as sent back;
+    `pipeline.routing.route` rounds them as it does the API's."""
+    return [{"model_version": r.model_version, "scores": dict(r.scores), "error": r.error}
+            for r in shadow_scores(result)]
+
+
+def read_bytes(location: str, max_bytes: int) -> bytes:
+    """At most `max_bytes + 1` bytes of a local file or fsspec URL (one past the limit is
+    enough to know it is too large)."""
+    if "://" in location and not location.startswith("file://"):
+        import fsspec
+
+        with fsspec.open(location, "rb") as fh:
+            data: bytes = fh.read(max_bytes + 1)
+            return data
+    path = location[len("file://"):] if location.startswith("file://") else location
+    with open(path, "rb") as fh:
+        return fh.read(max_bytes + 1)
+
+
+# ---- a worker process of the local engine ----------------------------------------------------
+_PREDICTOR: Predictor | None = None
+
+
+def worker_init(spec: PredictorSpec) -> None:
+    """A pool worker's initializer: load the model once (one thread: the processes are the
+    parallelism); Ctrl-C is the main process's to handle, which shuts the pool down."""
+    global _PREDICTOR
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _PREDICTOR = Predictor(spec)
+
+
+def worker_predict(batch: dict[str, Any]) -> dict[str, Any]:
+    assert _PREDICTOR is not None, "worker not initialised"
+    return _PREDICTOR(batch)

@@ -14,8 +14,8 @@ from models import nudenet_fast
 from models.nudenet import NudeNetScorer
 from models.nudenet_fast import BAR, FP32, INT8_MIXED, OV_BF16
 from pipeline.batch import JobOptions, run_job
-from pipeline.batch.engine import SAMPLES, _policy_outcome, _policy_thresholds, policy_id
 from pipeline.policy import load_policy
+from pipeline.runtime import SAMPLES, _policy_outcome, _policy_thresholds, policy_id
 from pipeline.settings import BUNDLED_POLICY, DEMO_POLICY
 from tests.batch.conftest import ImageSet
 from tests.batch.test_engine import read_rows
