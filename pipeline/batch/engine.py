@@ -31,7 +31,7 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
-from pipeline.batch.errors import EngineUnavailable
+from pipeline.batch.errors import UnknownEngine
 from pipeline.batch.output import PartWriter, summarize, write_summary
 from pipeline.batch.predictor import (
     Prediction,
@@ -273,7 +273,7 @@ def run_job(rt: Runtime, source_spec: str, out: Path, options: JobOptions) -> Jo
 
                     run_ray(job, spec, workers, progress)
                 else:
-                    raise EngineUnavailable(f"unknown engine {options.engine!r}")
+                    raise UnknownEngine(f"unknown engine {options.engine!r}: local or ray")
         finally:
             job.close()
         summary = summarize(out)

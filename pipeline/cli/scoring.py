@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.cli._common import Exit, JsonOpt, commands, emit, err, fail, guarded, out, runtime
+from pipeline.cli._common import Exit, JsonOpt, commands, emit, err, guarded, out, runtime
 from pipeline.errors import PipelineError
 
 app = commands()
@@ -79,6 +79,7 @@ def _print_scored(d: dict[str, Any]) -> None:
 
 
 @app.command()
+@guarded
 def batch(
     source: Annotated[str, typer.Argument(
         help="A folder, a JSONL / CSV / Parquet manifest (path or url, upload_id, account_id, "
@@ -107,21 +108,18 @@ def batch(
         "--no-measure", hidden=True, help="Never measure a variant here (fp32 until one is "
                                           "measured).")] = False,
     trace: Annotated[Path | None, typer.Option(hidden=True)] = None,
-) -> None:
+) -> int:
     """Score a folder or manifest into the review store, exactly once, with Parquet results
     (a backfill, or a rescore after a model change); resumable."""
     from pipeline.batch import JobOptions
+    from pipeline.batch.errors import UnknownEngine
 
     if engine not in ("local", "ray"):
-        fail("input.invalid", "--engine is local or ray", Exit.USER_ERROR, as_json)
+        raise UnknownEngine(f"unknown engine {engine!r}: local or ray")
     options = JobOptions(engine=engine,  # type: ignore[arg-type]
                          workers=workers, batch_size=batch_size, model=model, resume=resume,
                          part_rows=part_rows, measure_model=not no_measure, trace=trace,
                          ray_address=ray_address, progress=None if not as_json else False)
-    guarded(_batch)(source, out_dir, options, as_json=as_json)
-
-
-def _batch(source: str, out_dir: Path | None, options: Any, *, as_json: bool) -> int:
     from pipeline.batch import run_job
 
     # progress as log lines when stderr is not a terminal (CI logs, cron mail)
