@@ -501,8 +501,9 @@ def _measured_here(model_dir: Path, judged_by: str = "") -> bool:
             and all(machine.get(k) == now[k] for k in ("amx_bf16", "avx512_bf16", "openvino")))
 
 
-def describe(root: Path) -> dict[str, Any]:
-    """What `lookfirst doctor` shows: each variant's card figures, or that it was never measured."""
+def describe(root: Path, judged_by: str = "") -> dict[str, Any]:
+    """What `lookfirst doctor` shows: each variant's card figures, or that it was never measured;
+    `usable_here`: under the policy `judged_by` names."""
     out: dict[str, Any] = {"bf16_cpu": has_bf16(), "openvino": _openvino_version()}
     for name in (OV_BF16, INT8_MIXED):
         try:
@@ -511,6 +512,7 @@ def describe(root: Path) -> dict[str, Any]:
             out[name] = {"measured": False}
             continue
         out[name] = {"measured": "passed" in card, "passed": card.get("passed", False),
-                     "usable_here": usable(name, root),
+                     "usable_here": usable(name, root, judged_by),
+                     "judged_by": card.get("judged_by"),
                      "agreement_vs_fp32": card.get("agreement_vs_fp32")}
     return out
