@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     api_rate_per_minute: int = Field(default=600, ge=1)
     #: the token bucket holds this many seconds' worth of requests (the allowed burst)
     api_rate_burst_seconds: float = Field(default=10.0, gt=0, le=3600)
+    #: where the buckets live: "database" holds a key's rate across every server process
+    #: (`lookfirst serve --workers N`); "memory" is per process; "auto": database on
+    #: PostgreSQL, memory on SQLite
+    api_rate_limit_store: Literal["auto", "memory", "database"] = "auto"
     #: JSON bodies of the non-upload endpoints (appeals, verdicts) are refused above this
     api_max_json_bytes: int = Field(default=64 * 1024, ge=1024)
     #: a stored Idempotency-Key response is replayed for this long, then the key is free

@@ -13,6 +13,7 @@ from review.apikeys import (
     get_api_key,
     list_api_keys,
     revoke_api_key,
+    take_rate_token,
 )
 from review.audit import ChainReport as AuditReport
 from review.audit import append as append_audit_event
@@ -162,4 +163,5 @@ __all__ = [
     "list_api_keys",
     "revoke_api_key",
     "save_stored_response",
+    "take_rate_token",
 ]
