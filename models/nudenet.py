@@ -279,6 +279,7 @@ class NudeNetScorer(Scorer):
         threads: int = 0,
         providers: list[str] | None = None,
         verify_digest: bool = True,
+        load_session: bool = True,
     ) -> None:
         if threads < 0:
             raise InvalidArgument("threads must be >= 0 (0 lets onnxruntime choose)")
@@ -304,25 +305,11 @@ class NudeNetScorer(Scorer):
             )
         self.version = f"{self.card.name}@sha256:{self.digest[:_VERSION_DIGEST_CHARS]}"
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        # One graph, run sequentially: parallelism comes from intra-op threads and from
-        # running several scorers, not from inter-op scheduling.
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self._session = ort.InferenceSession(
-                blob, sess_options=options, providers=providers or _default_providers()
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ModelError(f"onnxruntime could not load {self.weights_path}: {exc}") from exc
-        self.providers: tuple[str, ...] = tuple(self._session.get_providers())
-        self._input_name = self._session.get_inputs()[0].name
-        if self._input_name != self.card.input_name:
-            raise ModelError(
-                f"model input is {self._input_name!r}, card says {self.card.input_name!r}"
-            )
+        self.providers: tuple[str, ...] = ()
+        self._session: ort.InferenceSession | None = None
+        if load_session:
+            self._load_session(blob, threads, providers)
+        # else: pre- and post-processing only, around another runtime (models.nudenet_fast)
 
         self._labels = self.card.labels
         # Labels the policy ignores (mapped to null) are absent: they are not evidence.
@@ -336,6 +323,27 @@ class NudeNetScorer(Scorer):
             extra={"model_version": self.version, "providers": list(self.providers)},
         )
 
+    def _load_session(self, blob: bytes, threads: int, providers: list[str] | None) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        # One graph, run sequentially: parallelism comes from intra-op threads and from
+        # running several scorers, not from inter-op scheduling.
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._session = ort.InferenceSession(
+                blob, sess_options=options, providers=providers or _default_providers()
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelError(f"onnxruntime could not load {self.weights_path}: {exc}") from exc
+        self.providers = tuple(self._session.get_providers())
+        self._input_name = self._session.get_inputs()[0].name
+        if self._input_name != self.card.input_name:
+            raise ModelError(
+                f"model input is {self._input_name!r}, card says {self.card.input_name!r}"
+            )
+
     # -- stages ---------------------------------------------------------------------------
 
     def preprocess(self, images: Sequence[RGBImage]) -> tuple[FloatArray, LetterboxMeta]:
@@ -344,6 +352,8 @@ class NudeNetScorer(Scorer):
 
     def run_model(self, tensor: FloatArray) -> FloatArray:
         """One session call for the whole batch; returns N x (4 + labels) x anchors."""
+        if self._session is None:
+            raise ModelError("this scorer was built without a session (load_session=False)")
         outputs = self._session.run(None, {self._input_name: tensor})
         raw: FloatArray = np.asarray(outputs[0], dtype=np.float32)
         if (

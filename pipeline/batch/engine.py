@@ -13,12 +13,15 @@ process per core by default.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.machinery
 import itertools
 import logging
 import multiprocessing as mp
 import os
 import resource
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -194,10 +197,29 @@ def _start_workers(pool: ProcessPoolExecutor, workers: int) -> None:
         return  # signal handlers belong to the main thread; the pool starts as it is used
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        for _ in range(workers):  # each submit finds no idle worker and starts one
-            pool.submit(int)
+        with _workers_skip_main():
+            for _ in range(workers):  # each submit finds no idle worker and starts one
+                pool.submit(int)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _workers_skip_main() -> Iterator[None]:
+    """A spawned process first runs its parent's `__main__` again, unless that was run as a
+    package's `__main__`.  The `lookfirst` script's imports are the whole CLI (measured: a
+    second or two of each worker's start on two cores, before its first image); a worker
+    needs none of it (what it runs is imported by name from `pipeline.batch.predictor`)."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = getattr(main, "__spec__", None)
+    main.__spec__ = importlib.machinery.ModuleSpec("pipeline.batch.__main__", None)
+    try:
+        yield
+    finally:
+        main.__spec__ = saved
 
 
 def _run_local(job: _Job, spec: PredictorSpec, workers: int, progress: JobProgress) -> None:
