@@ -48,9 +48,11 @@ from pipeline.batch.recorder import BatchRecorder, error_row
 from pipeline.batch.resume import JobDir
 from pipeline.batch.sources import Source, SourceRow, open_source
 from pipeline.errors import DependencyUnavailable
+from pipeline.policy import Policy
 from pipeline.runtime import Runtime, choose_variant
+from pipeline.settings import Settings
 
-__all__ = ["JobOptions", "JobResult", "resolve_model", "run_job"]
+__all__ = ["JobOptions", "JobPlan", "JobResult", "LocalWorkers", "plan_job", "run_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,18 +94,53 @@ class JobResult:
     elapsed_s: float = 0.0
 
 
-def resolve_model(rt: Runtime, requested: str, *, measure: bool = True) -> str:
-    """Which model the job runs: a NudeNet variant chosen by measured agreement (measured
-    first when never measured here, with `measure`), or the runtime's own scorer when that
-    is not NudeNet."""
-    return choose_variant(rt.settings, rt.policy, requested, measure=measure)
+def predictor_spec(settings: Settings, model: str, *, threads: int) -> PredictorSpec:
+    return PredictorSpec(model=model, model_root=str(settings.data_dir / "models"),
+                         threads=threads, max_bytes=settings.max_upload_bytes,
+                         max_pixels=settings.max_pixels, blob_dir=str(settings.blob_dir))
 
 
-def predictor_spec(rt: Runtime, model: str, *, threads: int) -> PredictorSpec:
-    s = rt.settings
-    return PredictorSpec(model=model, model_root=str(s.data_dir / "models"), threads=threads,
-                         max_bytes=s.max_upload_bytes, max_pixels=s.max_pixels,
-                         blob_dir=str(s.blob_dir))
+@dataclass(frozen=True)
+class JobPlan:
+    """What a job runs: the model (a variant chosen by measured agreement), how many workers
+    and what each of them loads."""
+
+    model: str
+    workers: int
+    spec: PredictorSpec
+
+
+def plan_job(settings: Settings, policy: Policy, options: JobOptions) -> JobPlan:
+    """The model and the workers of a job (measuring a never-measured variant first when
+    `options.measure_model`); needs no database, so workers can start before it is open."""
+    workers = (options.workers if options.workers is not None
+               else settings.batch_workers) or max(1, os.cpu_count() or 1)
+    model = choose_variant(settings, policy, options.model or settings.model_variant,
+                           measure=options.measure_model)
+    threads = 1 if workers > 1 else max(1, os.cpu_count() or 1)
+    return JobPlan(model, workers, predictor_spec(settings, model, threads=threads))
+
+
+class LocalWorkers:
+    """The local engine's worker processes, each loading the model once.  They may be started
+    ahead of the job: `lookfirst batch` starts them before it opens the database, so that
+    their imports and model loads overlap its own start."""
+
+    def __init__(self, plan: JobPlan) -> None:
+        self.plan = plan
+        ctx = mp.get_context("spawn")  # no forked copies of the parent's DB pool or threads
+        self.pool = ProcessPoolExecutor(max_workers=plan.workers, mp_context=ctx,
+                                        initializer=worker_init, initargs=(plan.spec,))
+        _start_workers(self.pool, plan.workers)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> LocalWorkers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _pending_batches(source: Source, job: JobDir, size: int) -> Iterator[list[SourceRow]]:
@@ -222,14 +259,10 @@ def _workers_skip_main() -> Iterator[None]:
         main.__spec__ = saved
 
 
-def _run_local(job: _Job, spec: PredictorSpec, workers: int, progress: JobProgress) -> None:
-    options = job.options
-    ctx = mp.get_context("spawn")  # no forked copies of the parent's DB pool or threads
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=worker_init,
-                               initargs=(spec,))
-    _start_workers(pool, workers)
+def _run_local(job: _Job, workers: LocalWorkers, progress: JobProgress) -> None:
+    pool = workers.pool
     pending: deque[_Batch] = deque()
-    limit = max(1, workers * options.in_flight)
+    limit = max(1, workers.plan.workers * job.options.in_flight)
 
     def complete(batch: _Batch) -> None:
         predictions: list[Prediction] = []
@@ -261,26 +294,30 @@ def _run_local(job: _Job, spec: PredictorSpec, workers: int, progress: JobProgre
         while pending:
             complete(pending.popleft())
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for batch in pending:  # stopped early: what is still queued will not be recorded
+            if batch.future is not None:
+                batch.future.cancel()
 
 
-def run_job(rt: Runtime, source_spec: str, out: Path, options: JobOptions) -> JobResult:
+def run_job(rt: Runtime, source_spec: str, out: Path, options: JobOptions, *,
+            workers: LocalWorkers | None = None) -> JobResult:
     """Run (or resume) one batch job to the end; returns its summary.
 
     Interrupted (KeyboardInterrupt, or any error), it commits the output rows of every
     decision recorded so far and re-raises: the same job with `resume` goes on from there.
-    The local engine spawns its worker processes: a script that calls this must do so under
-    `if __name__ == "__main__":` (as every spawn-based multiprocessing program must)."""
+    `workers`: the local engine's processes, started by the caller (who closes them);
+    otherwise the job starts its own.  The local engine spawns processes: a script that calls
+    this must do so under `if __name__ == "__main__":` (as every spawn-based multiprocessing
+    program must)."""
     started = time.monotonic()
+    if options.engine not in ("local", "ray"):
+        raise UnknownEngine(f"unknown engine {options.engine!r}: local or ray")
     source = open_source(source_spec)
     job_dir = JobDir(out, source.fingerprint(), resume=options.resume)
     try:
-        workers = (options.workers if options.workers is not None
-                   else rt.settings.batch_workers) or max(1, os.cpu_count() or 1)
-        model = resolve_model(rt, options.model or rt.settings.model_variant,
-                              measure=options.measure_model)
-        threads = 1 if workers > 1 else max(1, os.cpu_count() or 1)
-        spec = predictor_spec(rt, model, threads=threads)
+        plan = workers.plan if workers is not None else plan_job(rt.settings, rt.policy,
+                                                                 options)
+        model = plan.model
         total = source.count()
         job = _Job(rt, source, job_dir, options)
         already = int(job_dir.done.size)
@@ -288,14 +325,15 @@ def run_job(rt: Runtime, source_spec: str, out: Path, options: JobOptions) -> Jo
         model_version = ""
         try:
             with JobProgress(total, done=already, enabled=options.progress) as progress:
-                if options.engine == "local":
-                    _run_local(job, spec, workers, progress)
-                elif options.engine == "ray":
+                if options.engine == "ray":
                     from pipeline.batch.ray_engine import run_ray
 
-                    run_ray(job, spec, workers, progress)
+                    run_ray(job, plan.spec, plan.workers, progress)
+                elif workers is not None:
+                    _run_local(job, workers, progress)
                 else:
-                    raise UnknownEngine(f"unknown engine {options.engine!r}: local or ray")
+                    with LocalWorkers(plan) as own:
+                        _run_local(job, own, progress)
         finally:
             job.close()
         summary = summarize(out)

@@ -11,7 +11,17 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.cli._common import Exit, JsonOpt, commands, emit, err, guarded, out, runtime
+from pipeline.cli._common import (
+    Exit,
+    JsonOpt,
+    commands,
+    emit,
+    err,
+    guarded,
+    out,
+    runtime,
+    settings,
+)
 from pipeline.errors import PipelineError
 
 app = commands()
@@ -112,7 +122,11 @@ def batch(
     """Score a folder or manifest into the review store, exactly once, with Parquet results
     (a backfill, or a rescore after a model change); resumable."""
     from pipeline.batch import JobOptions
+    from pipeline.batch.engine import LocalWorkers, plan_job, run_job
     from pipeline.batch.errors import UnknownEngine
+    from pipeline.batch.sources import open_source
+    from pipeline.policy import load_policy
+    from pipeline.runtime import Runtime
 
     if engine not in ("local", "ray"):
         raise UnknownEngine(f"unknown engine {engine!r}: local or ray")
@@ -120,16 +134,23 @@ def batch(
                          workers=workers, batch_size=batch_size, model=model, resume=resume,
                          part_rows=part_rows, measure_model=not no_measure, trace=trace,
                          ray_address=ray_address, progress=None if not as_json else False)
-    from pipeline.batch import run_job
-
     # progress as log lines when stderr is not a terminal (CI logs, cron mail)
     logging.getLogger("pipeline.batch").setLevel(logging.INFO)
-    rt = runtime()
-    out_dir = out_dir or default_output(rt.settings.data_dir, source)
+    cfg = settings()
+    policy = load_policy(cfg.policy_path)
+    open_source(source)  # a missing or unsupported source is refused before any work starts
+    out_dir = out_dir or default_output(cfg.data_dir, source)
+    again = " ".join(["lookfirst batch", source, "--out", str(out_dir), "--resume"])
+    pool: LocalWorkers | None = None
+    rt: Runtime | None = None
     try:
-        result = run_job(rt, source, out_dir, options)
+        if options.engine == "local":
+            # started first: their imports and model loads overlap opening the database
+            pool = LocalWorkers(plan_job(cfg, policy, options))
+        rt = Runtime(cfg, policy=policy)
+        rt.db.upgrade()  # idempotent: a fresh laptop needs no separate step
+        result = run_job(rt, source, out_dir, options, workers=pool)
     except KeyboardInterrupt:
-        again = " ".join(["lookfirst batch", source, "--out", str(out_dir), "--resume"])
         detail = (f"interrupted: every decision recorded so far is committed, with its rows "
                   f"in {out_dir}; to go on: {again}")
         if as_json:
@@ -138,7 +159,10 @@ def batch(
             err.print(f"[yellow]{detail}[/yellow]", highlight=False, soft_wrap=True)
         return EXIT_INTERRUPTED
     finally:
-        rt.close()
+        if pool is not None:
+            pool.close()
+        if rt is not None:
+            rt.close()
     if as_json:
         emit({**result.summary, "out": str(out_dir)}, True)
     else:
