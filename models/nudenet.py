@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata, resources
@@ -147,6 +148,33 @@ class LetterboxMeta:
     sides: npt.NDArray[np.int64]
 
 
+#: padded squares up to this side reuse one buffer per thread (12 MiB at most)
+_SCRATCH_SIDE = 2048
+_scratch = threading.local()
+
+
+def _padded_square(image: RGBImage) -> RGBImage:
+    """`image` padded bottom and right with zeros to a square: the same pixels as
+    cv2.copyMakeBorder, written into a buffer this thread reuses.  A fresh 3 MiB array per
+    image costs its page faults, about 2.5 ms of the 3 ms preprocessing took (measured)."""
+    h, w = image.shape[:2]
+    side = max(h, w)
+    if h == w:
+        return image
+    if side > _SCRATCH_SIDE:
+        return np.asarray(cv2.copyMakeBorder(image, 0, side - h, 0, side - w,
+                                             cv2.BORDER_CONSTANT, value=0), dtype=np.uint8)
+    buf: RGBImage | None = getattr(_scratch, "buf", None)
+    if buf is None or buf.shape[0] < side:
+        buf = np.zeros((max(side, 1024), max(side, 1024), 3), dtype=np.uint8)
+        _scratch.buf = buf
+    square = buf[:side, :side]
+    square[:h, :w] = image
+    square[h:, :] = 0
+    square[:h, w:] = 0
+    return square
+
+
 @dataclass(frozen=True, slots=True)
 class Letterbox:
     """NudeNet's preprocessing as one object, shared by scoring, parity tests and benchmarks.
@@ -182,15 +210,7 @@ class Letterbox:
                     ),
                     dtype=np.uint8,
                 )
-            ph, pw = image.shape[:2]
-            pside = max(ph, pw)
-            square = (
-                image
-                if ph == pw
-                else cv2.copyMakeBorder(
-                    image, 0, pside - ph, 0, pside - pw, cv2.BORDER_CONSTANT, value=0
-                )
-            )
+            square = _padded_square(image)
             # Bilinear resize is per channel, so resizing RGB and swapping to BGR afterwards
             # (for free, in the batched conversion below) gives NudeNet's exact pixels.
             cv2.resize(
