@@ -21,25 +21,24 @@ import tempfile
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 
 from models.base import Evidence, RGBImage, Scorer, ScoreResult
-from models.calibration import (
-    CALIBRATION_SEED,
-    HELD_OUT_SEED,
-    base_photos,
-    derived_images,
-)
 from models.errors import (
     ModelDependencyMissing,
     ModelDigestMismatch,
     ModelError,
     ModelFileMissing,
 )
-from models.nudenet import FloatArray, NudeNetScorer
+
+if TYPE_CHECKING:
+    from models.nudenet import FloatArray
+
+# onnxruntime, OpenCV (models.nudenet, models.calibration) and OpenVINO are imported where a
+# model is built or measured: choosing a variant from its card needs none of them, and a batch
+# job chooses before it starts its workers (half a second of imports off its start)
 
 logger = logging.getLogger(__name__)
 
@@ -179,17 +178,22 @@ def _machine() -> dict[str, Any]:
         "amx_bf16": "amx_bf16" in flags,
         "avx512_bf16": "avx512_bf16" in flags,
         "avx512_vnni": "avx512_vnni" in flags,
-        "onnxruntime": ort.__version__,
+        "onnxruntime": _package_version("onnxruntime"),
         "openvino": _openvino_version(),
     }
 
 
 def _openvino_version() -> str | None:
-    if not openvino_installed():
-        return None
-    from importlib.metadata import version
+    return _package_version("openvino") if openvino_installed() else None
 
-    return version("openvino")
+
+def _package_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
 
 
 # ---- scorers ----------------------------------------------------------------------------
@@ -197,6 +201,8 @@ class _VariantScorer(Scorer):
     """NudeNet's pre- and post-processing around another network runtime."""
 
     def __init__(self, *, threads: int, card: Path | None = None) -> None:
+        from models.nudenet import NudeNetScorer
+
         # The fp32 scorer validates the card and the fp32 weights' digest, and owns the
         # preprocessing and NMS; it builds no session of its own (a worker's start-up time)
         self.base = NudeNetScorer(threads=max(threads, 1), card=card, load_session=False)
@@ -292,6 +298,8 @@ class Int8Scorer(_VariantScorer):
             raise ModelDigestMismatch(f"{path} was built from other fp32 weights")
         self.name = f"{self.base.name}-int8-mixed"
         self.version = f"{self.name}@sha256:{digest[:12]}"
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -326,6 +334,8 @@ def _write_card(model_dir: Path, card: Mapping[str, Any]) -> None:
 
 def load_variant(variant: str, *, root: Path, threads: int = 1) -> Scorer:
     """The scorer of one variant (no agreement check: `select_variant` does that)."""
+    from models.nudenet import NudeNetScorer
+
     if variant == FP32:
         return NudeNetScorer(threads=threads)
     if variant == OV_BF16:
@@ -339,6 +349,8 @@ def calibration_sets(
     sample_folders: Sequence[Path] = (), *, n_calibration: int = 96, n_held_out: int = 200
 ) -> tuple[list[RGBImage], list[RGBImage]]:
     """(images the quantiser calibrates on, held-out images agreement is measured on)."""
+    from models.calibration import CALIBRATION_SEED, HELD_OUT_SEED, base_photos, derived_images
+
     bases = base_photos(sample_folders)
     return (derived_images(bases, n_calibration, seed=CALIBRATION_SEED),
             derived_images(bases, n_held_out, seed=HELD_OUT_SEED))
@@ -359,7 +371,9 @@ def build_int8(root: Path, calibration: Sequence[RGBImage], *, threads: int = 1)
         raise ModelDependencyMissing("building the int8 variant needs the `onnx` package"
                                      ) from exc
 
+    from models.calibration import CALIBRATION_SEED
     from models.classifier.quantize import quantize_onnx
+    from models.nudenet import NudeNetScorer
 
     fp32 = NudeNetScorer(threads=threads)
     model = onnx.load(str(fp32.weights_path))
@@ -415,6 +429,9 @@ def measure(
     `judged_by` names what `outcome` applies (a policy and its version): outcomes depend on
     it, so a card measured under another policy is measured again before it is trusted.
     `reference`: fp32's results on `held_out`, when the caller has them already."""
+    from models.calibration import HELD_OUT_SEED
+    from models.nudenet import NudeNetScorer
+
     if reference is None:
         reference = _score_all(NudeNetScorer(threads=threads), held_out)
     scorer = load_variant(variant, root=root, threads=threads)

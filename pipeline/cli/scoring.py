@@ -121,10 +121,9 @@ def batch(
 ) -> int:
     """Score a folder or manifest into the review store, exactly once, with Parquet results
     (a backfill, or a rescore after a model change); resumable."""
-    from pipeline.batch import JobOptions
-    from pipeline.batch.engine import LocalWorkers, plan_job, run_job
     from pipeline.batch.errors import UnknownEngine
     from pipeline.batch.sources import open_source
+    from pipeline.batch.workers import JobOptions, LocalWorkers, plan_job
     from pipeline.policy import load_policy
     from pipeline.runtime import Runtime
 
@@ -147,6 +146,8 @@ def batch(
         if options.engine == "local":
             # started first: their imports and model loads overlap opening the database
             pool = LocalWorkers(plan_job(cfg, policy, options))
+        from pipeline.batch.engine import run_job  # Parquet, fsspec: while the workers load
+
         rt = Runtime(cfg, policy=policy)
         rt.db.upgrade()  # idempotent: a fresh laptop needs no separate step
         result = run_job(rt, source, out_dir, options, workers=pool)
