@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import threading
@@ -109,6 +110,29 @@ def choose_variant(settings: Settings, policy: Policy, requested: str | None = N
         threads=max(1, os.cpu_count() or 1),
         judged_by=policy_id(policy),
     )
+
+
+def variant_cards(settings: Settings) -> dict[str, Any]:
+    """What `lookfirst doctor` shows of the faster NudeNet variants: each card's measured
+    agreement with fp32, and whether it is used here under the policy in force."""
+    from models.nudenet_fast import describe
+
+    return describe(settings.data_dir / "models", policy_id(load_policy(settings.policy_path)))
+
+
+def variant_card_lines(cards: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, card in cards.items():
+        if not isinstance(card, dict):
+            continue
+        if not card.get("measured"):
+            state = "not measured here (the first `lookfirst batch` measures it)"
+        else:
+            figures = json.dumps(card.get("agreement_vs_fp32") or {}, sort_keys=True)
+            used = "used here" if card.get("usable_here") else "not used"
+            state = f"{used}; agreement with fp32: {figures}"
+        lines.append(f"NudeNet {name}: {state}")
+    return lines
 
 
 class Runtime:

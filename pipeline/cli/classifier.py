@@ -8,7 +8,6 @@ supplies the categories a model is trained for and the thresholds it is judged a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -301,12 +300,9 @@ def quantize_cmd(
 def doctor_cmd(as_json: JsonOpt = False) -> int:
     """Which devices and execution providers the model backends find and use."""
     from models.doctor import report
-    from models.nudenet_fast import describe
-    from pipeline.runtime import policy_id
+    from pipeline.runtime import variant_card_lines, variant_cards
 
-    r = report()
-    # the faster NudeNet variants batch jobs and the API may run, with their measured cards
-    r["nudenet_variants"] = describe(settings().data_dir / "models", policy_id(_policy(None)))
+    r = {**report(), "nudenet_variants": variant_cards(settings())}  # batch jobs' and the API's
     if as_json:
         emit(r, True)
         return Exit.OK
@@ -328,14 +324,7 @@ def doctor_cmd(as_json: JsonOpt = False) -> int:
         out.print(f"torch: not installed ({t['hint']})", highlight=False)
     out.print(f"serving: {r['selected']['serving']}; batch jobs: "
               f"{r['selected']['batch_jobs']}", highlight=False)
-    for name, card in r["nudenet_variants"].items():
-        if isinstance(card, dict):
-            figures = card.get("agreement_vs_fp32") or {}
-            state = ("not measured here (the first `lookfirst batch` measures it)"
-                     if not card.get("measured") else
-                     f"{'usable here' if card.get('usable_here') else 'not used'}; agreement "
-                     f"with fp32: {json.dumps(figures, sort_keys=True)}")
-            out.print(f"NudeNet {name}: {state}", highlight=False, soft_wrap=True)
+    out.print("\n".join(variant_card_lines(r["nudenet_variants"])), highlight=False, soft_wrap=True)
     return Exit.OK
 
 
