@@ -25,10 +25,12 @@ from sqlalchemy.orm import Session
 from pipeline.errors import ErrorKind, PipelineError
 from review import (
     ApiKeyRecord,
+    Database,
     add_api_key,
     find_api_key,
     list_api_keys,
     revoke_api_key,
+    take_rate_token,
 )
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "RateLimited",
     "RateLimiter",
     "Scope",
+    "SharedRateLimiter",
     "create_key",
     "find_key",
     "hash_key",
@@ -242,7 +245,11 @@ class KeyVerifier:
 class RateLimiter:
     """One token bucket per key: `rate_per_minute` refill, `burst_s` seconds' worth of capacity.
 
-    In memory, per server process: with N processes a key gets up to N times its rate."""
+    In memory, per server process: right for one process (SQLite's one server); with N
+    processes a key would get up to N times its rate, which `SharedRateLimiter` prevents."""
+
+    #: whether `check` does I/O (the API then calls it off the event loop)
+    blocking = False
 
     def __init__(
         self,
@@ -269,3 +276,40 @@ class RateLimiter:
                 self._buckets[key.id] = (tokens, now)
                 raise RateLimited((1.0 - tokens) / rate)
             self._buckets[key.id] = (tokens - 1.0, now)
+
+
+class SharedRateLimiter:
+    """The same token buckets kept in the database, so that a key's rate holds across every
+    process that serves it (`lookfirst serve --workers N`, or several hosts).
+
+    One statement per request takes a token (PostgreSQL: an `UPDATE ... RETURNING` in
+    autocommit, one round trip; the bucket's row lock orders concurrent requests of one key,
+    and requests of different keys never wait on each other).  Measured on the 2-core
+    development machine: see docs/batch.md."""
+
+    blocking = True
+
+    def __init__(self, db: Database, *, default_per_minute: int, burst_s: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.default_per_minute = default_per_minute
+        self.burst_s = burst_s
+        #: wall-clock seconds: the buckets are shared by processes (and hosts), so no
+        #: process-local clock will do
+        self.clock = clock
+
+    def check(self, key: ApiKeyInfo) -> None:
+        """Take one token for `key`, or raise RateLimited with the wait until one is there."""
+        rate = (key.rate_per_minute or self.default_per_minute) / 60.0
+        capacity = max(1.0, rate * self.burst_s)
+        now = self.clock()
+        if self.db.engine.dialect.name == "sqlite":
+            with self.db.transaction() as s:
+                wait = take_rate_token(s, key_id=key.id, per_second=rate, capacity=capacity,
+                                       now=now)
+        else:
+            with self.db.autocommit() as conn:
+                wait = take_rate_token(conn, key_id=key.id, per_second=rate, capacity=capacity,
+                                       now=now)
+        if wait > 0:
+            raise RateLimited(wait)

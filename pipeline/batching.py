@@ -8,7 +8,8 @@ load is never held back.  Admission is bounded: past `queue_limit` requests in f
 are shed with `Overloaded` (503 + Retry-After) instead of queueing without limit.
 
 The steps before and after the model (lookup of a stored decision, policy, blob store, review
-record) are the Orchestrator's, so the API and the batch job decide in exactly the same way.
+record) are the Orchestrator's, and its policy step is `pipeline.routing.route`, which batch
+jobs call too: the API, the CLI and batch jobs decide in exactly the same way.
 """
 
 from __future__ import annotations
@@ -401,7 +402,7 @@ def _decode_peak_bytes(data: bytes) -> int:
 
 
 # ---- the Orchestrator's steps ----------------------------------------------------------------
-# The batch job runs these inside Orchestrator.iter_score; the API needs them one request at a
+# `lookfirst score` runs these inside Orchestrator.score; the API needs them one request at a
 # time around the shared model queue.  They are the Orchestrator's own methods, so that banks,
 # policy, blob store and review record stay one implementation.
 def _decide(

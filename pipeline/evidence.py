@@ -1,12 +1,14 @@
 """What a model's result carries beside its scores, as plain rows: the evidence (labels and
-boxes) and the shadow models' scores.  The API's orchestrator and the batch predictor both
-record them through these, so a decision's reasons read the same whichever path made it."""
+boxes) and the shadow models' scores.  The API's orchestrator (through `pipeline.routing`) and
+the batch workers both build them here, so a decision's reasons read the same whichever path
+made it; light imports, as batch workers load this module."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from models.base import ScoreResult
+from models.classifier.shadow import shadow_scores
 
 
 def evidence_rows(result: ScoreResult) -> list[dict[str, Any]]:
@@ -16,9 +18,7 @@ def evidence_rows(result: ScoreResult) -> list[dict[str, Any]]:
 
 
 def shadow_rows(result: ScoreResult) -> list[dict[str, Any]]:
-    """Shadow models' scores, when the scorer runs any (models.classifier.shadow); read by
-    duck type so the scoring paths do not import the torch-side package."""
-    rows = getattr(result, "shadow", ())
-    return [{"model_version": r.model_version,
-             "scores": {k: round(float(v), 4) for k, v in r.scores.items()},
-             "error": r.error} for r in rows]
+    """The shadow models' scores a result carries (models.classifier.shadow), as plain rows;
+    `pipeline.routing.route` rounds them for the record."""
+    return [{"model_version": r.model_version, "scores": dict(r.scores), "error": r.error}
+            for r in shadow_scores(result)]

@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
+from pathlib import Path
 from typing import Any
 
 from models.base import Scorer
 from pipeline.blobs import LocalBlobStore
-from pipeline.policy import Policy, load_policy
+from pipeline.policy import Context, Policy, load_policy
 from pipeline.settings import Settings
 from review import ClaimDesk, Database, QueueRules, ReviewConfig, ReviewService, utcnow
 
@@ -44,13 +47,92 @@ def review_config(policy: Policy, settings: Settings) -> ReviewConfig:
     )
 
 
-def default_scorer(settings: Settings) -> Scorer:
+#: the bundled sample photos: where a faster variant's calibration and held-out sets come from
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+NUDENET = "nudenet-320n"
+
+
+def default_scorer(settings: Settings, *, variant: str = "fp32") -> Scorer:
+    """The scorer the settings name; for NudeNet, `variant` (one whose card passed: see
+    `Runtime.model_variant`)."""
     from models.registry import load_scorer
 
     if settings.scorer == "classifier":
         return load_scorer("classifier", root=settings.data_dir / "models",
                            threads=settings.model_threads)
+    if settings.scorer == NUDENET and variant != "fp32":
+        from models import nudenet_fast
+
+        return nudenet_fast.load_variant(variant, root=settings.data_dir / "models",
+                                         threads=settings.model_threads)
     return load_scorer(settings.scorer, threads=settings.model_threads)
+
+
+def policy_id(policy: Policy) -> str:
+    """What a variant's agreement is judged under: outcomes depend on the policy's rules."""
+    return f"{policy.name} {policy.version} sha256:{policy.digest[:12]}"
+
+
+def _policy_outcome(policy: Policy) -> Callable[[Mapping[str, float]], Hashable]:
+    context = Context()
+
+    def outcome(scores: Mapping[str, float]) -> str:
+        return policy.evaluate(scores, context, content_sha256="0" * 64).outcome
+
+    return outcome
+
+
+def _policy_thresholds(policy: Policy) -> dict[str, list[float]]:
+    return {
+        name: [t for t in (c.thresholds.review, c.thresholds.hold) if t is not None and t < 1.0]
+        for name, c in policy.categories.items()
+    }
+
+
+def choose_variant(settings: Settings, policy: Policy, requested: str | None = None, *,
+                   measure: bool = False) -> str:
+    """The NudeNet variant to run (`requested`, default the settings' `model_variant`): the
+    first candidate whose agreement with fp32, measured on this machine under this policy,
+    meets the bar; fp32 otherwise.  `measure`: build and measure a never-measured candidate
+    first (a batch job does; a server never spends its start on it).  Another scorer than
+    NudeNet is returned by name."""
+    if settings.scorer != NUDENET:
+        return settings.scorer
+    from models import nudenet_fast
+
+    return nudenet_fast.select_variant(
+        requested or settings.model_variant,
+        root=settings.data_dir / "models",
+        outcome=_policy_outcome(policy),
+        thresholds=_policy_thresholds(policy),
+        sample_folders=[SAMPLES] if SAMPLES.is_dir() else [],
+        measure_missing=measure,
+        threads=max(1, os.cpu_count() or 1),
+        judged_by=policy_id(policy),
+    )
+
+
+def variant_cards(settings: Settings) -> dict[str, Any]:
+    """What `lookfirst doctor` shows of the faster NudeNet variants: each card's measured
+    agreement with fp32, and whether it is used here under the policy in force."""
+    from models.nudenet_fast import describe
+
+    return describe(settings.data_dir / "models", policy_id(load_policy(settings.policy_path)))
+
+
+def variant_card_lines(cards: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, card in cards.items():
+        if not isinstance(card, dict):
+            continue
+        if not card.get("measured"):
+            state = "not measured here (the first `lookfirst batch` measures it)"
+        else:
+            figures = json.dumps(card.get("agreement_vs_fp32") or {}, sort_keys=True)
+            used = "used here" if card.get("usable_here") else "not used"
+            state = f"{used}; agreement with fp32: {figures}"
+        lines.append(f"NudeNet {name}: {state}")
+    return lines
 
 
 class Runtime:
@@ -59,7 +141,7 @@ class Runtime:
         settings: Settings,
         *,
         scorer: Scorer | None = None,
-        scorer_factory: Callable[[Settings], Scorer] = default_scorer,
+        scorer_factory: Callable[[Settings], Scorer] | None = None,
         policy: Policy | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
@@ -71,7 +153,10 @@ class Runtime:
         #: claims as their own transactions (one statement on PostgreSQL)
         self.desk = ClaimDesk(self.db, self.review)
         self._scorer = scorer
-        self._scorer_factory = scorer_factory
+        # by default the NudeNet variant whose measured agreement passes (the API rides the
+        # same faster model as batch jobs), fp32 when none has been measured here
+        self._scorer_factory = scorer_factory or (
+            lambda s: default_scorer(s, variant=choose_variant(s, self.policy)))
         self._lock = threading.Lock()
 
     @property

@@ -1,15 +1,17 @@
-"""The scoring orchestrator: bytes in, decisions out.
+"""The scoring orchestrator: bytes in, decisions out, for `lookfirst score` and the API.
 
-ingest (decode off the main thread) -> content-addressed blob -> batched model -> policy ->
-one transaction per upload in the review store.  An upload already scored is never scored
-again: its stored decision is returned (invariant 4: exactly once, one outcome).
+ingest (decode on a thread pool) -> content-addressed blob -> model -> policy
+(`pipeline.routing.route`) -> one transaction per upload in the review store.  An upload
+already scored is never scored again: its stored decision is returned (invariant 4: exactly
+once, one outcome).  Batch jobs (`pipeline.batch`) share `route` and the review store's
+batch intake instead of this class.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,19 @@ from sqlalchemy.exc import IntegrityError
 
 from models.base import ScoreResult
 from pipeline.errors import ImageTooLarge, PipelineError
-from pipeline.evidence import evidence_rows, shadow_rows
 from pipeline.ingest import IngestedImage, ingest_bytes
-from pipeline.policy import Context, Policy
+from pipeline.policy import Context
+from pipeline.routing import route
 from pipeline.runtime import Runtime
-from review import NewUpload, Recorded, Routing, bank_lookup, bank_lookup_many, get_decision
+from review import (
+    DecisionRecord,
+    NewUpload,
+    Recorded,
+    bank_lookup,
+    bank_lookup_many,
+    get_decision,
+    get_decisions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +64,14 @@ class Scored:
     def ok(self) -> bool:
         return self.error is None
 
-    def took(self, recorded: Recorded, routing: Routing) -> None:
-        """This upload's decision was recorded now, from `routing`."""
-        self.recorded = recorded
-        self.scores = dict(routing.scores)
-        self.model_version = routing.model_version
-        self.policy_version = routing.policy_version
-        self.reasons = dict(routing.reasons)
+    def fill_from_store(self, found: Recorded, d: DecisionRecord) -> None:
+        """This upload was decided before: answer with what was decided then."""
+        self.recorded = found
+        self.sha256 = d.reasons.get("content_sha256")
+        self.scores = dict(d.scores)
+        self.model_version = d.model_version
+        self.policy_version = d.policy_version
+        self.reasons = dict(d.reasons)
 
     def as_dict(self) -> dict[str, Any]:
         base: dict[str, Any] = {
@@ -115,8 +126,8 @@ def _prepare(rt: Runtime, req: UploadRequest) -> tuple[IngestedImage, bytes] | P
 
 
 class Orchestrator:
-    """Scores batches of uploads.  Decode runs on a thread pool (Pillow releases the GIL) and
-    overlaps with the model working on the previous batch."""
+    """Scores uploads a batch at a time: decoding on a thread pool (Pillow releases the GIL),
+    one model call per batch, one transaction per recorded decision."""
 
     def __init__(self, rt: Runtime, *, decode_workers: int = 2) -> None:
         self.rt = rt
@@ -132,61 +143,29 @@ class Orchestrator:
         self.close()
 
     def score(self, requests: Sequence[UploadRequest]) -> list[Scored]:
-        return list(self.iter_score(requests))
+        """Score `requests` in order, `settings.batch_size` per model call."""
+        size = self.rt.settings.batch_size
+        out: list[Scored] = []
+        for i in range(0, len(requests), size):
+            out += self._score_batch(requests[i : i + size])
+        return out
 
-    def iter_score(
-        self,
-        requests: Iterable[UploadRequest],
-        *,
-        on_done: Callable[[Scored], None] | None = None,
-    ) -> Iterator[Scored]:
-        bs = self.rt.settings.batch_size
-        chunk: list[UploadRequest] = []
-        pending: list[tuple[UploadRequest, Future[tuple[IngestedImage, bytes] | PipelineError]]]
-        pending = []
-
-        def flush() -> Iterator[Scored]:
-            nonlocal pending
-            batch, pending = pending, []
-            for scored in self._finish(batch):
-                if on_done:
-                    on_done(scored)
-                yield scored
-
-        for req in requests:
-            chunk.append(req)
-            if len(chunk) == bs:
-                # submit the next batch's decode before running the model on the current one
-                submitted = [(r, self.pool.submit(_prepare, self.rt, r)) for r in chunk]
-                chunk = []
-                if pending:
-                    yield from flush()
-                pending = submitted
-        submitted = [(r, self.pool.submit(_prepare, self.rt, r)) for r in chunk]
-        if pending:
-            yield from flush()
-        pending = submitted
-        if pending:
-            yield from flush()
-
-    def _finish(
-        self,
-        batch: Sequence[tuple[UploadRequest, Future[tuple[IngestedImage, bytes] | PipelineError]]],
-    ) -> list[Scored]:
+    def _score_batch(self, batch: Sequence[UploadRequest]) -> list[Scored]:
         rt = self.rt
-        results: list[Scored] = []
+        results = [Scored(request=req) for req in batch]
+        with rt.db.transaction() as s:
+            found = rt.review.find_uploads(s, [(r.account_id, r.external_id) for r in batch])
+            stored = get_decisions(s, decision_ids=[f.decision_id for f in found.values()])
+        decoding = []
+        for scored in results:
+            req = scored.request
+            hit = found.get((req.account_id, req.external_id))
+            if hit is not None:  # scored before: return what was decided, do not rescore
+                scored.fill_from_store(hit, stored[hit.decision_id])
+            else:
+                decoding.append((scored, self.pool.submit(_prepare, rt, req)))
         to_score: list[tuple[Scored, IngestedImage, bytes]] = []
-        for req, fut in batch:
-            scored = Scored(request=req)
-            results.append(scored)
-            with rt.db.transaction() as s:
-                found = rt.review.find_upload(
-                    s, account_id=req.account_id, external_id=req.external_id
-                )
-                if found is not None:  # scored before: return what was decided, do not rescore
-                    self.fill_from_store(s, scored, found)
-                    fut.cancel()
-                    continue
+        for scored, fut in decoding:
             prepared = fut.result()
             if isinstance(prepared, PipelineError):
                 scored.error = prepared
@@ -210,12 +189,7 @@ class Orchestrator:
     def fill_from_store(self, s: Any, scored: Scored, found: Recorded) -> None:
         d = get_decision(s, decision_id=found.decision_id)
         assert d is not None
-        scored.recorded = found
-        scored.sha256 = d.reasons.get("content_sha256")
-        scored.scores = dict(d.scores)
-        scored.model_version = d.model_version
-        scored.policy_version = d.policy_version
-        scored.reasons = dict(d.reasons)
+        scored.fill_from_store(found, d)
 
     def decide(
         self,
@@ -227,13 +201,20 @@ class Orchestrator:
     ) -> None:
         rt = self.rt
         req = scored.request
-        routing = routing_for(rt.policy, req, sha256=image.sha256, scores=result.scores,
-                              model_version=result.model_version,
-                              evidence=evidence_rows(result), shadow=shadow_rows(result),
-                              bank_match=bank_match)
+        routing = route(rt.policy, result, context=req.context, sha256=image.sha256,
+                        bank_match=bank_match)
         rt.blobs.put(data)  # before the record: a decision never points at a missing blob
-        upload = new_upload(req, sha256=image.sha256, mime=image.mime, width=image.width,
-                            height=image.height, size_bytes=image.size_bytes)
+        upload = NewUpload(
+            account_id=req.account_id,
+            external_id=req.external_id,
+            source=req.source,
+            context=req.context.model_dump(),
+            sha256=image.sha256,
+            mime=image.mime,
+            width=image.width,
+            height=image.height,
+            size_bytes=image.size_bytes,
+        )
         recorded = None
         for attempt in range(3):
             try:
@@ -250,60 +231,13 @@ class Orchestrator:
             with rt.db.transaction() as s:
                 self.fill_from_store(s, scored, recorded)
             return
-        scored.took(recorded, routing)
+        scored.recorded = recorded
+        scored.scores = dict(routing.scores)
+        scored.model_version = routing.model_version
+        scored.policy_version = routing.policy_version
+        scored.reasons = dict(routing.reasons)
         log.info(
             "scored",
             extra={"decision_id": recorded.decision_id, "outcome": recorded.outcome,
                    "model_version": result.model_version},
         )
-
-
-def routing_for(
-    policy: Policy,
-    req: UploadRequest,
-    *,
-    sha256: str,
-    scores: Mapping[str, float],
-    model_version: str,
-    evidence: Sequence[Mapping[str, Any]],
-    shadow: Sequence[Mapping[str, Any]],
-    bank_match: str | None,
-) -> Routing:
-    """The policy's decision on one image as the review store records it, with the statement
-    of reasons: the one builder behind the API's and the batch job's decisions (the tests
-    compare the two paths row by row).  `evidence` and `shadow` are `pipeline.evidence` rows."""
-    decision = policy.evaluate(scores, req.context, content_sha256=sha256,
-                               bank_match=bank_match)
-    reasons = {
-        **decision.reasons,
-        "content_sha256": sha256,
-        "model_version": model_version,
-        "evidence": [
-            {"category": e["category"], "label": e["label"],
-             "score": round(float(e["score"]), 4),
-             "box": [round(float(v), 1) for v in e["box"]] if e["box"] else None}
-            for e in evidence
-        ],
-    }
-    return Routing(
-        outcome=decision.outcome,
-        queue=decision.queue,
-        severity=decision.severity,
-        priority=decision.priority,
-        reviewers_required=decision.reviewers_required,
-        proposed_actions=tuple(decision.proposed_actions),
-        qa_sample=decision.qa_sample,
-        scores={k: round(float(v), 4) for k, v in scores.items()},
-        reasons=reasons,
-        model_version=model_version,
-        policy_version=policy.version,
-        shadow_scores=tuple(shadow),
-    )
-
-
-def new_upload(req: UploadRequest, *, sha256: str, mime: str, width: int, height: int,
-               size_bytes: int) -> NewUpload:
-    """One arrival of the content, as the review store records it."""
-    return NewUpload(account_id=req.account_id, external_id=req.external_id, source=req.source,
-                     context=req.context.model_dump(), sha256=sha256, mime=mime, width=width,
-                     height=height, size_bytes=size_bytes)

@@ -34,6 +34,18 @@ class Settings(BaseSettings):
     #: data_dir/models, with its shadow models scoring the same traffic
     scorer: str = "nudenet-320n"
     batch_size: int = Field(default=8, ge=1, le=256)
+    #: the NudeNet variant batch jobs and the API run: "auto" (the fastest whose agreement
+    #: with fp32, measured on this machine, meets the bar; else fp32), or fp32, ov-bf16,
+    #: int8-mixed (each still only when its card passes; fp32 is the fallback)
+    model_variant: Literal["auto", "fp32", "ov-bf16", "int8-mixed"] = "auto"
+
+    # ---- batch jobs (`lookfirst batch`; each is also a command-line option)
+    #: worker processes (local engine) or actors (Ray); 0 = one per core
+    batch_workers: int = Field(default=0, ge=0, le=1024)
+    #: images per model call, and decisions per transaction
+    batch_job_size: int = Field(default=32, ge=1, le=1024)
+    #: output rows per Parquet part (a part is also committed every 30 s)
+    batch_part_rows: int = Field(default=2048, ge=1, le=1_000_000)
 
     # ---- review
     lease_seconds: int = Field(default=15 * 60, gt=0)
@@ -64,6 +76,10 @@ class Settings(BaseSettings):
     api_rate_per_minute: int = Field(default=600, ge=1)
     #: the token bucket holds this many seconds' worth of requests (the allowed burst)
     api_rate_burst_seconds: float = Field(default=10.0, gt=0, le=3600)
+    #: where the buckets live: "database" holds a key's rate across every server process
+    #: (`lookfirst serve --workers N`); "memory" is per process; "auto": database on
+    #: PostgreSQL, memory on SQLite
+    api_rate_limit_store: Literal["auto", "memory", "database"] = "auto"
     #: JSON bodies of the non-upload endpoints (appeals, verdicts) are refused above this
     api_max_json_bytes: int = Field(default=64 * 1024, ge=1024)
     #: a stored Idempotency-Key response is replayed for this long, then the key is free

@@ -14,6 +14,7 @@ from review.apikeys import (
     get_api_key,
     list_api_keys,
     revoke_api_key,
+    take_rate_token,
 )
 from review.audit import ChainReport as AuditReport
 from review.audit import append as append_audit_event
@@ -96,6 +97,7 @@ from review.records import (
     content_mime,
     get_appeal,
     get_decision,
+    get_decisions,
     human_resolutions,
     item_content,
     item_state,
@@ -219,6 +221,7 @@ __all__ = [
     "get_api_key",
     "get_appeal",
     "get_decision",
+    "get_decisions",
     "human_resolutions",
     "item_content",
     "item_state",
@@ -226,6 +229,7 @@ __all__ = [
     "list_api_keys",
     "revoke_api_key",
     "save_stored_response",
+    "take_rate_token",
     # the learning loop's reads (datasets, model comparison, the false-positive rate)
     "FlaggedDecided",
     "ReviewedDecision",

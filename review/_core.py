@@ -157,33 +157,42 @@ class Core:
         content_sha256: str,
         parent_item_id: int | None = None,
     ) -> int:
-        rules = self.config.rules(queue)
-        now = self.clock()
-        item = ReviewItem(
-            decision_id=decision_id,
-            kind=kind,
-            queue=queue,
-            severity=severity,
-            priority=priority,
-            status=ItemStatus.PENDING,
-            reviewers_required=max(reviewers_required, rules.reviewers_required),
-            account_id=account_id,
-            content_sha256=content_sha256,
-            parent_item_id=parent_item_id,
-            due_at=now + rules.sla,
-            rank_at=now + rules.sla - priority * self.config.priority_weight,
-            created_at=now,
-            updated_at=now,
-        )
+        values = self.item_values(
+            decision_id=decision_id, kind=kind, queue=queue, severity=severity, priority=priority,
+            reviewers_required=reviewers_required, account_id=account_id,
+            content_sha256=content_sha256, parent_item_id=parent_item_id, now=self.clock())
+        item = ReviewItem(**values)
         s.add(item)
         s.flush()
-        self.audit(
-            s, actor=SYSTEM, event="item.created", subject_type="review_item",
-            subject_id=item.id,
-            data={"kind": str(kind), "queue": queue, "decision_id": decision_id,
-                  "priority": priority, "reviewers_required": item.reviewers_required},
-        )
+        self.audit(s, actor=SYSTEM, event="item.created", subject_type="review_item",
+                   subject_id=item.id, data=item_created(values))
         return item.id
+
+    def item_values(
+        self,
+        *,
+        decision_id: str,
+        kind: ItemKind,
+        queue: str,
+        severity: str,
+        priority: int,
+        reviewers_required: int,
+        account_id: str,
+        content_sha256: str,
+        now: dt.datetime,
+        parent_item_id: int | None = None,
+    ) -> dict[str, Any]:
+        """A new pending item's row (without its id): `new_item` and intake's batches."""
+        rules = self.config.rules(queue)
+        return {
+            "decision_id": decision_id, "kind": kind, "queue": queue, "severity": severity,
+            "priority": priority, "status": ItemStatus.PENDING,
+            "reviewers_required": max(reviewers_required, rules.reviewers_required),
+            "account_id": account_id, "content_sha256": content_sha256,
+            "parent_item_id": parent_item_id, "due_at": now + rules.sla,
+            "rank_at": now + rules.sla - priority * self.config.priority_weight,
+            "created_at": now, "updated_at": now,
+        }
 
     def new_action(
         self,
@@ -199,29 +208,54 @@ class Core:
         approver: tuple[str, int] | None = None,
         actor: str = SYSTEM,
     ) -> Action:
-        now = self.clock()
-        a = Action(
-            decision_id=decision_id,
-            item_id=item_id,
-            account_id=account_id,
-            content_sha256=content_sha256,
-            kind=kind,
-            target="content" if kind in CONTENT_ACTIONS else "account",
-            irreversible=kind in IRREVERSIBLE_ACTIONS,
-            urgent=kind in self.config.urgent_actions,
-            status=status,
-            approver_1=approver[0] if approver else None,
-            approver_1_verdict_id=approver[1] if approver else None,
-            reverses_action_id=reverses,
-            not_before=now + self.config.appeal_window if kind in AFTER_APPEAL_WINDOW else None,
-            created_at=now,
-            updated_at=now,
-        )
+        values = self.action_values(
+            decision_id=decision_id, item_id=item_id, kind=kind, account_id=account_id,
+            content_sha256=content_sha256, status=status, reverses=reverses, approver=approver,
+            now=self.clock())
+        a = Action(**values)
         s.add(a)
         s.flush()
-        self.audit(
-            s, actor=actor, event="action.created", subject_type="action", subject_id=a.id,
-            data={"kind": str(kind), "status": str(status), "decision_id": decision_id,
-                  "reverses": reverses},
-        )
+        self.audit(s, actor=actor, event="action.created", subject_type="action", subject_id=a.id,
+                   data=action_created(values))
         return a
+
+    def action_values(
+        self,
+        *,
+        decision_id: str,
+        item_id: int | None,
+        kind: ActionKind,
+        account_id: str,
+        content_sha256: str,
+        now: dt.datetime,
+        status: ActionStatus = ActionStatus.PROPOSED,
+        reverses: int | None = None,
+        approver: tuple[str, int] | None = None,
+    ) -> dict[str, Any]:
+        """A new action's row (without its id): `new_action` and intake's batches."""
+        return {
+            "decision_id": decision_id, "item_id": item_id, "account_id": account_id,
+            "content_sha256": content_sha256, "kind": kind,
+            "target": "content" if kind in CONTENT_ACTIONS else "account",
+            "irreversible": kind in IRREVERSIBLE_ACTIONS,
+            "urgent": kind in self.config.urgent_actions, "status": status,
+            "approver_1": approver[0] if approver else None,
+            "approver_1_verdict_id": approver[1] if approver else None,
+            "approver_2": None, "approver_2_verdict_id": None,
+            "reverses_action_id": reverses,
+            "not_before": now + self.config.appeal_window if kind in AFTER_APPEAL_WINDOW else None,
+            "created_at": now, "updated_at": now, "executed_at": None,
+        }
+
+
+def item_created(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The data of an `item.created` event, from the item's row."""
+    return {"kind": str(values["kind"]), "queue": values["queue"],
+            "decision_id": values["decision_id"], "priority": values["priority"],
+            "reviewers_required": values["reviewers_required"]}
+
+
+def action_created(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The data of an `action.created` event, from the action's row."""
+    return {"kind": str(values["kind"]), "status": str(values["status"]),
+            "decision_id": values["decision_id"], "reverses": values["reverses_action_id"]}

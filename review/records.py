@@ -6,7 +6,7 @@ functions: keyword-only, plain values out, never a commit (the caller owns the t
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +81,19 @@ def get_decision(s: Session, *, decision_id: str) -> DecisionRecord | None:
         .where(Decision.id == decision_id)
     ).first()
     return None if row is None else _decision(*row)
+
+
+def get_decisions(s: Session, *, decision_ids: Iterable[str]) -> dict[str, DecisionRecord]:
+    """Many decisions with their uploads, by id, in a few reads (a batch job's repeats)."""
+    wanted = list(dict.fromkeys(decision_ids))
+    out: dict[str, DecisionRecord] = {}
+    for i in range(0, len(wanted), 400):  # far below every backend's bound-parameter limit
+        rows = s.execute(
+            select(Decision, Upload).join(Upload, Upload.id == Decision.upload_id)
+            .where(Decision.id.in_(wanted[i : i + 400]))
+        ).all()
+        out.update((d.id, _decision(d, u)) for d, u in rows)
+    return out
 
 
 def iter_decisions(s: Session, *, batch: int = 1000) -> Iterator[DecisionRecord]:

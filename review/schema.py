@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Double,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
@@ -413,6 +414,20 @@ class ApiKey(Base):
         CheckConstraint("length(secret_sha256) = 64", name="sha256_len"),
         CheckConstraint("rate_per_minute IS NULL OR rate_per_minute > 0", name="rate_positive"),
     )
+
+
+class ApiRateBucket(Base):
+    """A key's token bucket, shared by every API process (`lookfirst serve --workers N`): one
+    `UPDATE ... RETURNING` takes a token, so a key's rate holds however many processes serve
+    it.  `at` is seconds since the epoch (plain arithmetic on every backend).  On PostgreSQL
+    the table is UNLOGGED (migration 0011): no WAL flush per request, and a crash only
+    refills every bucket."""
+
+    __tablename__ = "api_rate_bucket"
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_key.id"), primary_key=True,
+                                        autoincrement=False)
+    tokens: Mapped[float] = mapped_column(Double)
+    at: Mapped[float] = mapped_column(Double)
 
 
 class IdempotencyRecord(Base):

@@ -10,7 +10,7 @@ the transition table in `review.states`, and writes its audit event in the same 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -100,10 +100,21 @@ class ReviewService:
     def find_upload(self, s: Session, *, account_id: str, external_id: str) -> Recorded | None:
         return self.intake.find_upload(s, account_id=account_id, external_id=external_id)
 
+    def find_uploads(self, s: Session, keys: Iterable[tuple[str, str]]
+                     ) -> dict[tuple[str, str], Recorded]:
+        """The decided uploads among `keys` ((account id, upload id) pairs), in one lookup."""
+        return self.intake.find_uploads(s, keys)
+
     def record(self, s: Session, upload: NewUpload, routing: Routing) -> Recorded:
         """Store one upload and its decision; route it.  Exactly once per (account, upload id):
         a repeat returns the stored decision (the caller's transaction decides on the race)."""
         return self.intake.record(s, upload, routing)
+
+    def record_many(self, s: Session, entries: Sequence[tuple[NewUpload, Routing]]
+                    ) -> list[Recorded]:
+        """`record` for a batch in one transaction: the same rows, audit events and outbox
+        messages, one result per entry (a batch job's many decisions per transaction)."""
+        return self.intake.record_many(s, entries)
 
     # ---- reading -------------------------------------------------------------------------
     def list_items(self, s: Session, *, viewer: str | None = None, queue: str | None = None,

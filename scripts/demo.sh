@@ -26,7 +26,16 @@ step "1. database (SQLite under $LOOKFIRST_DATA_DIR) and reviewers"
 "$LF" reviewers list
 
 step "2. the batch job: score samples/manifest.jsonl with each upload's context"
-"$LF" batch samples/manifest.jsonl --out "$LOOKFIRST_DATA_DIR/results.jsonl"
+# fp32: NudeNet's own numbers (on a real backfill, the default `--model auto` first measures
+# the faster variants' agreement on this machine and runs one only if it meets the bar)
+"$LF" batch samples/manifest.jsonl --out "$LOOKFIRST_DATA_DIR/results.parquet" --model fp32
+"$PY" - "$LOOKFIRST_DATA_DIR/results.parquet" <<'PYEOF'
+import sys
+import pyarrow.parquet as pq
+for r in sorted(pq.read_table(sys.argv[1]).to_pylist(), key=lambda r: r["ordinal"]):
+    where = f" -> queue {r['queue']}, item {r['review_item_id']}" if r["queue"] else ""
+    print(f"  {r['outcome'] or r['error_code']:<7} {r['input']}{where}")
+PYEOF
 
 step "3. the review queue (nothing has been done to any account)"
 "$LF" review list

@@ -26,7 +26,7 @@ from pipeline.api import labelstudio as labelstudio_api  # noqa: E402
 from pipeline.api import previews as previews_api  # noqa: E402
 from pipeline.api.deps import ApiState  # noqa: E402
 from pipeline.api.middleware import ApiMiddleware, classify_limit  # noqa: E402
-from pipeline.apikeys import KeyVerifier, RateLimiter  # noqa: E402
+from pipeline.apikeys import KeyVerifier, RateLimiter, SharedRateLimiter  # noqa: E402
 from pipeline.batching import ClassifyService  # noqa: E402
 from pipeline.learning.segments import (  # noqa: E402
     METRICS_WINDOW,
@@ -91,10 +91,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         metrics=app_metrics,
         classifier=classifier,
         verifier=KeyVerifier(settings.api_key_cache_s),
-        limiter=RateLimiter(
-            default_per_minute=settings.api_rate_per_minute,
-            burst_s=settings.api_rate_burst_seconds,
-        ),
+        limiter=rate_limiter(settings, rt),
         owns_runtime=runtime is None,
     )
     app_metrics.watch_review_queues(lambda: _queue_stats(rt))
@@ -137,6 +134,19 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         body_limit=classify_limit(settings.max_upload_bytes, settings.api_max_json_bytes),
     )
     return app
+
+
+def rate_limiter(settings: Settings, rt: Runtime) -> RateLimiter | SharedRateLimiter:
+    """Buckets in the database where several processes may serve one key (PostgreSQL, or
+    when asked), in memory otherwise (SQLite has one server process)."""
+    store = settings.api_rate_limit_store
+    if store == "auto":
+        store = "memory" if rt.db.engine.dialect.name == "sqlite" else "database"
+    if store == "database":
+        return SharedRateLimiter(rt.db, default_per_minute=settings.api_rate_per_minute,
+                                 burst_s=settings.api_rate_burst_seconds)
+    return RateLimiter(default_per_minute=settings.api_rate_per_minute,
+                       burst_s=settings.api_rate_burst_seconds)
 
 
 def _outbox_backlog(rt: Runtime) -> dict[str, int]:

@@ -27,6 +27,7 @@ from pipeline.apikeys import (
     RateLimited,
     RateLimiter,
     Scope,
+    SharedRateLimiter,
     find_key,
 )
 from pipeline.batching import ClassifyService
@@ -42,7 +43,7 @@ class ApiState:
     metrics: ApiMetrics
     classifier: ClassifyService
     verifier: KeyVerifier
-    limiter: RateLimiter
+    limiter: RateLimiter | SharedRateLimiter
     #: whether the app built the runtime (and so closes it)
     owns_runtime: bool
 
@@ -95,7 +96,10 @@ async def current_key(
         state.verifier.remember(raw, info)
     request.state.key_prefix = info.prefix  # for the access log: the prefix, never the key
     try:
-        state.limiter.check(info)
+        if state.limiter.blocking:
+            await run_in_threadpool(state.limiter.check, info)
+        else:
+            state.limiter.check(info)
     except RateLimited:
         state.metrics.shed.labels(reason="rate_limited").inc()
         raise

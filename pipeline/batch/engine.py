@@ -15,62 +15,32 @@ from __future__ import annotations
 
 import itertools
 import logging
-import multiprocessing as mp
-import os
 import resource
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 import numpy as np
 
-from pipeline.batch.errors import EngineUnavailable
+from pipeline.batch.errors import UnknownEngine
 from pipeline.batch.output import PartWriter, summarize, write_summary
-from pipeline.batch.predictor import Prediction, Predictor, PredictorSpec, rows_to_batch
+from pipeline.batch.predictor import Prediction, rows_to_batch, worker_predict
 from pipeline.batch.progress import JobProgress
 from pipeline.batch.recorder import BatchRecorder, error_row
 from pipeline.batch.resume import JobDir
 from pipeline.batch.sources import Source, SourceRow, open_source
+from pipeline.batch.workers import JobOptions, JobPlan, LocalWorkers, plan_job
 from pipeline.errors import DependencyUnavailable
-from pipeline.policy import Context, Policy
 from pipeline.runtime import Runtime
 
-__all__ = ["JobOptions", "JobResult", "resolve_model", "run_job"]
+__all__ = ["JobOptions", "JobPlan", "JobResult", "LocalWorkers", "plan_job", "run_job"]
 
 logger = logging.getLogger(__name__)
-
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
-
-
-@dataclass(frozen=True)
-class JobOptions:
-    engine: Literal["local", "ray"] = "local"
-    #: worker processes (local) or actors (Ray); 0: one per core
-    workers: int = 0
-    #: images per model call, and decisions per transaction
-    batch_size: int = 16
-    #: batches out per worker at a time (the bound between dispatch and recording)
-    in_flight: int = 2
-    #: auto (the fastest variant whose measured agreement passes the bar), fp32, ov-bf16,
-    #: int8-mixed; ignored when the runtime's scorer is not NudeNet
-    model: str = "auto"
-    resume: bool = False
-    part_rows: int = 2048
-    part_seconds: float = 30.0
-    progress: bool | None = None
-    #: measure a never-measured variant before choosing (else: fp32 until it is measured)
-    measure_model: bool = True
-    #: append each ordinal sent to the model to this file (tests check exactly-once with it)
-    trace: Path | None = None
-    ray_address: str | None = None
-    #: rows per Ray dataset (the driver streams the source in windows of this size)
-    ray_window: int = 10_000
-
 
 @dataclass
 class JobResult:
@@ -81,53 +51,6 @@ class JobResult:
     #: this run's rows: skipped (already in a part), answered from the store, sent to the model
     counters: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
-
-
-def _policy_outcome(policy: Policy) -> Any:
-    context = Context()
-
-    def outcome(scores: Mapping[str, float]) -> str:
-        return policy.evaluate(scores, context, content_sha256="0" * 64).outcome
-
-    return outcome
-
-
-def _policy_thresholds(policy: Policy) -> dict[str, list[float]]:
-    return {
-        name: [t for t in (c.thresholds.review, c.thresholds.hold) if t is not None and t < 1.0]
-        for name, c in policy.categories.items()
-    }
-
-
-def resolve_model(rt: Runtime, requested: str, *, measure: bool = True) -> str:
-    """Which model the job runs: a NudeNet variant chosen by measured agreement, or the
-    runtime's own scorer when that is not NudeNet."""
-    if rt.settings.scorer != "nudenet-320n":
-        return rt.settings.scorer
-    from models import nudenet_fast
-
-    return nudenet_fast.select_variant(
-        requested,
-        root=rt.settings.data_dir / "models",
-        outcome=_policy_outcome(rt.policy),
-        thresholds=_policy_thresholds(rt.policy),
-        sample_folders=[SAMPLES] if SAMPLES.is_dir() else [],
-        measure_missing=measure,
-        threads=max(1, os.cpu_count() or 1),
-        judged_by=policy_id(rt.policy),
-    )
-
-
-def policy_id(policy: Policy) -> str:
-    """What a variant's agreement was judged under: outcomes depend on the policy's rules."""
-    return f"{policy.name} {policy.version} sha256:{policy.digest[:12]}"
-
-
-def predictor_spec(rt: Runtime, model: str, *, threads: int) -> PredictorSpec:
-    s = rt.settings
-    return PredictorSpec(model=model, model_root=str(s.data_dir / "models"), threads=threads,
-                         max_bytes=s.max_upload_bytes, max_pixels=s.max_pixels,
-                         blob_dir=str(s.blob_dir))
 
 
 def _pending_batches(source: Source, job: JobDir, size: int) -> Iterator[list[SourceRow]]:
@@ -173,8 +96,11 @@ class _Job:
         self.source = source
         self.job = job
         self.options = options
+        settings = rt.settings
+        #: images per model call and decisions per transaction
+        self.batch_size: int = options.batch_size or settings.batch_job_size
         self.recorder = BatchRecorder(rt)
-        self.writer = PartWriter(job.out, part_rows=options.part_rows,
+        self.writer = PartWriter(job.out, part_rows=options.part_rows or settings.batch_part_rows,
                                  part_seconds=options.part_seconds)
         self.trace = _Trace(options.trace)
         self.counters = {"skipped": 0, "from_store": 0, "to_model": 0, "errors": 0,
@@ -210,27 +136,10 @@ class _Job:
             self.recorder.close()
 
 
-def _worker_init(spec: PredictorSpec) -> None:
-    global _PREDICTOR
-    # one model thread per process: the processes are the parallelism
-    _PREDICTOR = Predictor(spec)
-
-
-_PREDICTOR: Predictor | None = None
-
-
-def _worker_predict(batch: dict[str, Any]) -> dict[str, Any]:
-    assert _PREDICTOR is not None, "worker not initialised"
-    return _PREDICTOR(batch)
-
-
-def _run_local(job: _Job, spec: PredictorSpec, workers: int, progress: JobProgress) -> None:
-    options = job.options
-    ctx = mp.get_context("spawn")  # no forked copies of the parent's DB pool or threads
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                               initargs=(spec,))
+def _run_local(job: _Job, workers: LocalWorkers, progress: JobProgress) -> None:
+    pool = workers.pool
     pending: deque[_Batch] = deque()
-    limit = max(1, workers * options.in_flight)
+    limit = max(1, workers.plan.workers * job.options.in_flight)
 
     def complete(batch: _Batch) -> None:
         predictions: list[Prediction] = []
@@ -244,13 +153,13 @@ def _run_local(job: _Job, spec: PredictorSpec, workers: int, progress: JobProgre
         progress.advance(job.finish(batch, predictions))
 
     try:
-        for rows in _pending_batches(job.source, job.job, options.batch_size):
+        for rows in _pending_batches(job.source, job.job, job.batch_size):
             if not rows:
                 continue
             batch = job.prepare(rows)
             if batch.to_model:
                 batch.future = pool.submit(
-                    _worker_predict,
+                    worker_predict,
                     rows_to_batch([r.ordinal for r in batch.to_model],
                                   [r.location or "" for r in batch.to_model]),
                 )
@@ -262,22 +171,30 @@ def _run_local(job: _Job, spec: PredictorSpec, workers: int, progress: JobProgre
         while pending:
             complete(pending.popleft())
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for batch in pending:  # stopped early: what is still queued will not be recorded
+            if batch.future is not None:
+                batch.future.cancel()
 
 
-def run_job(rt: Runtime, source_spec: str, out: Path, options: JobOptions) -> JobResult:
+def run_job(rt: Runtime, source_spec: str, out: Path, options: JobOptions, *,
+            workers: LocalWorkers | None = None) -> JobResult:
     """Run (or resume) one batch job to the end; returns its summary.
 
-    The local engine spawns its worker processes: a script that calls this must do so under
-    `if __name__ == "__main__":` (as every spawn-based multiprocessing program must)."""
+    Interrupted (KeyboardInterrupt, or any error), it commits the output rows of every
+    decision recorded so far and re-raises: the same job with `resume` goes on from there.
+    `workers`: the local engine's processes, started by the caller (who closes them);
+    otherwise the job starts its own.  The local engine spawns processes: a script that calls
+    this must do so under `if __name__ == "__main__":` (as every spawn-based multiprocessing
+    program must)."""
     started = time.monotonic()
+    if options.engine not in ("local", "ray"):
+        raise UnknownEngine(f"unknown engine {options.engine!r}: local or ray")
     source = open_source(source_spec)
     job_dir = JobDir(out, source.fingerprint(), resume=options.resume)
     try:
-        workers = options.workers or max(1, os.cpu_count() or 1)
-        model = resolve_model(rt, options.model, measure=options.measure_model)
-        threads = 1 if workers > 1 else max(1, os.cpu_count() or 1)
-        spec = predictor_spec(rt, model, threads=threads)
+        plan = workers.plan if workers is not None else plan_job(rt.settings, rt.policy,
+                                                                 options)
+        model = plan.model
         total = source.count()
         job = _Job(rt, source, job_dir, options)
         already = int(job_dir.done.size)
@@ -285,14 +202,15 @@ def run_job(rt: Runtime, source_spec: str, out: Path, options: JobOptions) -> Jo
         model_version = ""
         try:
             with JobProgress(total, done=already, enabled=options.progress) as progress:
-                if options.engine == "local":
-                    _run_local(job, spec, workers, progress)
-                elif options.engine == "ray":
+                if options.engine == "ray":
                     from pipeline.batch.ray_engine import run_ray
 
-                    run_ray(job, spec, workers, progress)
+                    run_ray(job, plan.spec, plan.workers, progress)
+                elif workers is not None:
+                    _run_local(job, workers, progress)
                 else:
-                    raise EngineUnavailable(f"unknown engine {options.engine!r}")
+                    with LocalWorkers(plan) as own:
+                        _run_local(job, own, progress)
         finally:
             job.close()
         summary = summarize(out)

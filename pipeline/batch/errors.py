@@ -39,6 +39,12 @@ class JobLocked(PipelineError):
     kind = ErrorKind.UNAVAILABLE
 
 
+class UnknownEngine(PipelineError):
+    """The engine is `local` (worker processes on this machine) or `ray`."""
+
+    code = "batch.unknown_engine"
+
+
 class EngineUnavailable(PipelineError):
     """The requested engine cannot run here (the Ray engine needs the `cluster` extra)."""
 

@@ -51,7 +51,7 @@ class JobProgress:
                  tb: TracebackType | None) -> None:
         if self._bar is not None:
             self._bar.__exit__(exc_type, exc, tb)
-        self.log_line(final=True)
+        self.log_line(final=True, stopped=exc_type is not None)
 
     @property
     def rate(self) -> float:
@@ -68,7 +68,7 @@ class JobProgress:
             self._last = now
             self.log_line()
 
-    def log_line(self, *, final: bool = False) -> None:
+    def log_line(self, *, final: bool = False, stopped: bool = False) -> None:
         rate = self.rate
         eta: float | None = None
         if self.total is not None and rate > 0:
@@ -76,7 +76,8 @@ class JobProgress:
         of = f"/{self.total}" if self.total is not None else ""
         when = f", ETA {eta:.0f} s" if eta is not None and not final else ""
         logger.info(
-            "%s: %d%s rows, %.1f rows/s%s", "batch finished" if final else "batch progress",
+            "%s: %d%s rows, %.1f rows/s%s",
+            "batch stopped" if stopped else "batch finished" if final else "batch progress",
             self.done, of, rate, when,
             extra={"rows_done": self.done, "rows_total": self.total,
                    "rows_per_s": round(rate, 1), "eta_s": None if eta is None else round(eta)},

@@ -93,8 +93,8 @@ def started(ray: Any, *, address: str | None, cpus: int, data_dir: Path) -> Iter
 def _windows(job: _Job, window_rows: int) -> Iterator[list[_Batch]]:
     from pipeline.batch.engine import _pending_batches
 
-    per_window = max(1, window_rows // max(job.options.batch_size, 1))
-    batches = (rows for rows in _pending_batches(job.source, job.job, job.options.batch_size)
+    per_window = max(1, window_rows // job.batch_size)
+    batches = (rows for rows in _pending_batches(job.source, job.job, job.batch_size)
                if rows)
     while True:
         window = [job.prepare(rows) for rows in itertools.islice(batches, per_window)]
@@ -134,7 +134,7 @@ def _run_window(ray: Any, job: _Job, window: list[_Batch], spec: PredictorSpec, 
     ds = ray.data.from_items(items).map_batches(
         Predictor,
         fn_constructor_kwargs={"spec": spec},
-        batch_size=job.options.batch_size,
+        batch_size=job.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=0 if gpus else 1,

@@ -1,10 +1,10 @@
 """Recording in batches: many decisions per transaction, still one decision per upload.
 
-A batch of predictions becomes decisions exactly as `pipeline.scoring.Orchestrator.decide`
-makes them (hash-bank lookup, policy, reasons, `ReviewService.record` with its outbox message
-and audit events), but inside ONE transaction for the whole batch, so a crash leaves either
-all of a batch or none of it.  `stored` is the other half of exactly-once: an upload already
-decided is answered from the store and never reaches the model.
+A batch of predictions becomes decisions exactly as the API's do (hash-bank lookup, then
+`pipeline.routing.route`), recorded by the review store's `record_many` in ONE transaction
+for the whole batch, with each upload's outbox message and audit events, so a crash leaves
+either all of a batch or none of it.  `stored` is the other half of exactly-once: an upload
+already decided is answered from the store and never reaches the model.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from pipeline.batch.predictor import Prediction
 from pipeline.batch.sources import SourceRow
 from pipeline.errors import PipelineError
 from pipeline.policy import Context
+from pipeline.routing import route
 from pipeline.runtime import Runtime
-from pipeline.scoring import Orchestrator, Scored, UploadRequest, new_upload, routing_for
-from review import Routing, bank_lookup_many
+from pipeline.scoring import Scored, UploadRequest
+from review import NewUpload, Routing, bank_lookup_many, get_decisions
 
 __all__ = ["BatchRecorder", "error_row", "result_row"]
 
@@ -81,28 +82,28 @@ class BatchRecorder:
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        # the Orchestrator's own reading of a stored decision, so rows answered from the
-        # store look exactly like the rows of `lookfirst score`; its thread pool stays idle
-        self._orch = Orchestrator(rt, decode_workers=1)
 
     def close(self) -> None:
-        self._orch.close()
+        """Nothing held between batches (kept so a job can close what it opened)."""
 
     def stored(self, rows: Sequence[SourceRow]) -> dict[int, dict[str, Any]]:
-        """Output rows of the uploads among `rows` that already have a decision."""
+        """Output rows of the uploads among `rows` that already have a decision (one lookup
+        for the whole batch)."""
         rt = self.rt
-        out: dict[int, dict[str, Any]] = {}
         wanted = [r for r in rows if r.ok]
         if not wanted:
-            return out
+            return {}
         with rt.db.transaction() as s:
-            for row in wanted:
-                found = rt.review.find_upload(s, account_id=row.account_id,
-                                              external_id=row.upload_id)
-                if found is None:
-                    continue
+            found = rt.review.find_uploads(s, [(r.account_id, r.upload_id) for r in wanted])
+            if not found:
+                return {}
+            decisions = get_decisions(s, decision_ids=[f.decision_id for f in found.values()])
+        out: dict[int, dict[str, Any]] = {}
+        for row in wanted:
+            hit = found.get((row.account_id, row.upload_id))
+            if hit is not None:
                 scored = Scored(request=_request(row))
-                self._orch.fill_from_store(s, scored, found)
+                scored.fill_from_store(hit, decisions[hit.decision_id])
                 out[row.ordinal] = result_row(row, scored)
         return out
 
@@ -139,28 +140,36 @@ class BatchRecorder:
             return results
         with rt.db.transaction() as s:
             matches = bank_lookup_many(s, [p.sha256 or "" for _, p in scoring])
+            entries: list[tuple[SourceRow, Scored, NewUpload, Routing]] = []
             for row, p in scoring:
-                assert p.sha256 is not None and p.mime is not None and p.model_version
+                assert p.sha256 is not None and p.mime is not None
                 request = _request(row)
-                scored = Scored(request=request, sha256=p.sha256)
                 try:
-                    routing = self._routing(request, p, matches.get(p.sha256))
+                    routing = route(rt.policy, p.result(), context=request.context,
+                                    sha256=p.sha256, bank_match=matches.get(p.sha256),
+                                    shadow=p.shadow)
                 except (PipelineError, ValueError) as exc:
                     code = getattr(exc, "code", "policy.invalid_scores")
                     results.append(error_row(row, code, str(exc)))
                     continue
-                upload = new_upload(request, sha256=p.sha256, mime=p.mime, width=p.width,
-                                    height=p.height, size_bytes=p.size_bytes)
-                recorded = rt.review.record(s, upload, routing)
-                if not recorded.created:  # decided before (another row, another job)
-                    self._orch.fill_from_store(s, scored, recorded)
-                else:
-                    scored.took(recorded, routing)
-                results.append(result_row(row, scored))
+                upload = NewUpload(
+                    account_id=request.account_id, external_id=request.external_id,
+                    source=request.source, context=request.context.model_dump(),
+                    sha256=p.sha256, mime=p.mime, width=p.width, height=p.height,
+                    size_bytes=p.size_bytes)
+                entries.append((row, Scored(request=request, sha256=p.sha256), upload, routing))
+            recorded = rt.review.record_many(s, [(u, r) for _, _, u, r in entries])
+            # decided before (another row, another job): answered with what was decided then
+            again = [rec.decision_id for rec in recorded if not rec.created]
+            stored = get_decisions(s, decision_ids=again) if again else {}
+        for (row, scored, _, routing), rec in zip(entries, recorded, strict=True):
+            if rec.created:
+                scored.recorded = rec
+                scored.scores = dict(routing.scores)
+                scored.model_version = routing.model_version
+                scored.policy_version = routing.policy_version
+                scored.reasons = dict(routing.reasons)
+            else:
+                scored.fill_from_store(rec, stored[rec.decision_id])
+            results.append(result_row(row, scored))
         return results
-
-    def _routing(self, req: UploadRequest, p: Prediction, bank_match: str | None) -> Routing:
-        assert p.sha256 is not None and p.model_version is not None
-        return routing_for(self.rt.policy, req, sha256=p.sha256, scores=p.scores,
-                           model_version=p.model_version, evidence=p.evidence, shadow=p.shadow,
-                           bank_match=bank_match)

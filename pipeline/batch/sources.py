@@ -280,16 +280,3 @@ def _is_local(fs: AbstractFileSystem) -> bool:
 def open_source(spec: str, *, default_account: str = DEFAULT_ACCOUNT) -> Source:
     """Open a folder, manifest or fsspec URL as a stream of rows (raises SourceNotFound, ...)."""
     return Source(spec, default_account=default_account)
-
-
-def read_bytes(location: str, max_bytes: int) -> bytes:
-    """At most `max_bytes + 1` bytes of a local file or fsspec URL (one past the limit is
-    enough to know it is too large)."""
-    if _is_url(location) and not location.startswith("file://"):
-        with fsspec.open(location, "rb") as fh:
-            data: bytes = fh.read(max_bytes + 1)
-            return data
-    path = location[len("file://"):] if location.startswith("file://") else location
-    with open(path, "rb") as fh:
-        return fh.read(max_bytes + 1)
-

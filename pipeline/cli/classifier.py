@@ -308,8 +308,9 @@ def quantize_cmd(
 def doctor_cmd(as_json: JsonOpt = False) -> int:
     """Which devices and execution providers the model backends find and use."""
     from models.doctor import report
+    from pipeline.runtime import variant_card_lines, variant_cards
 
-    r = report()
+    r = {**report(), "nudenet_variants": variant_cards(settings())}  # batch jobs' and the API's
     if as_json:
         emit(r, True)
         return Exit.OK
@@ -331,4 +332,5 @@ def doctor_cmd(as_json: JsonOpt = False) -> int:
         out.print(f"torch: not installed ({t['hint']})", highlight=False)
     out.print(f"serving: {r['selected']['serving']}; batch jobs: "
               f"{r['selected']['batch_jobs']}", highlight=False)
+    out.print("\n".join(variant_card_lines(r["nudenet_variants"])), highlight=False, soft_wrap=True)
     return Exit.OK

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import sys
 from typing import Annotated
 
 import typer
 
 from pipeline.cli._common import Exit, JsonOpt, commands, emit, err, group, guarded, out, runtime
+from pipeline.errors import ConfigurationError
 
 app = commands()
 keys_app = group("keys", "API keys: create (shown once), list, revoke.")
@@ -30,6 +32,10 @@ def serve(
                                                   "127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: LOOKFIRST_PORT, "
                                                   "8000).")] = None,
+    workers: Annotated[int, typer.Option(
+        min=1, max=64, help="Server processes (uvicorn workers) sharing the port; more than "
+                            "one needs PostgreSQL. Rate limits and key revocation hold across "
+                            "them (README: REST API).")] = 1,
 ) -> int:
     """Start the REST API (uvicorn): /v1/classify, decisions, appeals, review, /docs."""
     import uvicorn
@@ -38,6 +44,11 @@ def serve(
 
     rt = runtime()  # applies the migrations
     cfg = rt.settings
+    if workers > 1 and rt.db.engine.dialect.name == "sqlite":
+        rt.close()
+        raise ConfigurationError(
+            "--workers above 1 needs PostgreSQL (LOOKFIRST_DATABASE_URL): SQLite has one "
+            "writer, and the workers share their rate limits through the database")
     bind_host, bind_port = host or cfg.host, cfg.port if port is None else port
     if not _is_loopback(bind_host):
         err.print(f"[yellow]warning[/yellow]: listening on {bind_host}, not only "
@@ -46,6 +57,17 @@ def serve(
     out.print(f"lookfirst API on [bold]http://{shown}:{bind_port}[/bold]  "
               f"(docs: http://{shown}:{bind_port}/docs)", highlight=False)
     sys.stdout.flush()
+    if workers > 1:
+        rt.close()  # each worker builds its own runtime from the same LOOKFIRST_* settings
+        if cfg.model_threads == 0:
+            # the processes are the parallelism: one model thread each, as in batch jobs
+            os.environ["LOOKFIRST_MODEL_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+        uvicorn.run(
+            "pipeline.api:app_from_env", factory=True, workers=workers, host=bind_host,
+            port=bind_port, log_level=cfg.log_level.lower(), access_log=False,
+            server_header=False, proxy_headers=False,
+        )
+        return Exit.OK
     uvicorn.run(
         create_app(cfg, runtime=rt),
         host=bind_host,

@@ -14,8 +14,8 @@ from models import nudenet_fast
 from models.nudenet import NudeNetScorer
 from models.nudenet_fast import BAR, FP32, INT8_MIXED, OV_BF16
 from pipeline.batch import JobOptions, run_job
-from pipeline.batch.engine import SAMPLES, _policy_outcome, _policy_thresholds, policy_id
 from pipeline.policy import load_policy
+from pipeline.runtime import SAMPLES, Runtime, _policy_outcome, _policy_thresholds, policy_id
 from pipeline.settings import BUNDLED_POLICY, DEMO_POLICY
 from tests.batch.conftest import ImageSet
 from tests.batch.test_engine import read_rows
@@ -92,3 +92,10 @@ def test_auto_runs_the_measured_variant(small_set: ImageSet, tmp_path: Path,
     card = json.loads((rt.settings.data_dir / "models" / result.summary["model"] /
                        "card.json").read_text())
     assert card["passed"] is True
+    # the API (and `lookfirst score`) ride the same measured variant: a fresh runtime's
+    # default scorer, which never measures by itself, finds the card and loads it
+    api = Runtime(rt.settings)
+    try:
+        assert marker in api.scorer.version
+    finally:
+        api.close()

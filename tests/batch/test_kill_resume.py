@@ -1,7 +1,7 @@
 """Kill -9 at random moments, then the same command with --resume: exactly once, everywhere.
 
-The job runs as a whole process group (main process and its workers) and is killed with
-SIGKILL after a random delay, 5 times (20 in `make test-slow`); then it runs to the end.
+`lookfirst batch` runs as a whole process group (main process and its workers) and is killed
+with SIGKILL after a random delay, 5 times (20 in `make test-slow`); then it runs to the end.
 After every run: no upload decided before that run was sent to the model in it.  At the end:
 each upload has exactly one decision, each flagged upload exactly one review item, the audit
 chain verifies, and the Parquet output holds every row exactly once.
@@ -30,6 +30,7 @@ from tests.batch.conftest import ROOT, ImageSet, make_image_set
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
+LOOKFIRST = Path(sys.executable).parent / "lookfirst"
 KILLS = 20 if os.environ.get("LOOKFIRST_HYPOTHESIS_PROFILE") == "slow" else 5
 
 
@@ -47,7 +48,7 @@ def run_job(images: ImageSet, out: Path, env: dict[str, str], trace: Path,
     """Run the job and SIGKILL its process group: `kill_after` s after its start (or after it
     sent its first batch to the model), or once `kill_at_decisions` decisions are committed
     in all (a point in the work, whatever the machine's load).  True if it was killed."""
-    cmd = [sys.executable, "-m", "pipeline.batch", str(images.manifest), "--out", str(out),
+    cmd = [str(LOOKFIRST), "batch", str(images.manifest), "--out", str(out),
            "--model", "fp32", "--workers", "2", "--batch-size", "4", "--part-rows", "12",
            "--resume", "--trace", str(trace)]
     with open(log, "wb") as fh:

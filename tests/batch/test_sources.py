@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.batch.errors import SourceNotFound, SourceUnsupported
-from pipeline.batch.sources import SourceRow, open_source, read_bytes
+from pipeline.batch.predictor import read_bytes
+from pipeline.batch.sources import SourceRow, open_source
 
 ROWS = [
     {"path": "a/one.jpg", "upload_id": "u1", "account_id": "acct-1",

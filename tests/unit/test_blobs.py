@@ -70,6 +70,61 @@ def test_put_is_idempotent_and_does_not_rewrite(store: LocalBlobStore) -> None:
     assert _all_files(store.root) == [store.path_for(KEY)]
 
 
+def test_put_many_stores_a_batch_like_put(store: LocalBlobStore) -> None:
+    items = [DATA, b"second", DATA, b""]  # a repeat inside the batch is stored once
+    keys = store.put_many(items)
+    assert keys == [hashlib.sha256(d).hexdigest() for d in items]
+    for key, data in zip(keys, items, strict=True):
+        assert store.get(key) == data
+        assert stat.S_IMODE(store.path_for(key).stat().st_mode) == 0o600
+    assert len(_all_files(store.root)) == 3  # no temporary file left behind
+    before = store.path_for(KEY).stat()
+    store.put_many([DATA])
+    after = store.path_for(KEY).stat()
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+
+
+def test_put_many_repairs_a_damaged_blob(store: LocalBlobStore) -> None:
+    store.put(DATA)
+    store.path_for(KEY).write_bytes(DATA[:4])
+    store.put_many([b"other", DATA])
+    assert store.get(KEY) == DATA
+
+
+def test_put_many_is_durable_without_syncfs(store: LocalBlobStore,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the file system cannot be synced at once, every new file and every directory
+    that gained an entry is fsynced before put_many returns."""
+    import pipeline.blobs as blobs
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(blobs, "_sync_file_system", lambda path: False)
+    monkeypatch.setattr(os, "fsync", spy)
+    keys = store.put_many([DATA, b"second"])
+    files = {str(store.path_for(k)) for k in keys}
+    folders = {str(store.path_for(k).parent) for k in keys}
+    assert files <= set(synced) and folders <= set(synced)
+    assert str(store.root) in synced  # the new fan-out directories' entries too
+
+
+def test_put_many_reports_a_failed_sync(store: LocalBlobStore,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.blobs as blobs
+
+    def boom(path: Path) -> bool:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(blobs, "_sync_file_system", boom)
+    with pytest.raises(OSError):
+        store.put_many([DATA])
+
+
 def test_missing_blob(store: LocalBlobStore) -> None:
     assert not store.exists(KEY)
     with pytest.raises(BlobNotFound) as info:

@@ -1,0 +1,190 @@
+"""`lookfirst serve --workers 2` on PostgreSQL: one key's rate limit holds across both server
+processes (its token bucket is in the database), and a revoked key stops working in both
+within the key cache's TTL.
+
+Real parts: the real command, real uvicorn workers sharing one port, real PostgreSQL.  Each
+test connection is pinned to the worker process that accepted it (found through /proc), so
+the test knows it is talking to both processes, not to whichever the kernel picked."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipeline.apikeys import create_key
+from review.db import Database
+from review.service import utcnow
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+LOOKFIRST = Path(sys.executable).parent / "lookfirst"
+CACHE_S = 1.0
+RATE_PER_MINUTE = 60  # one a second: with 10 s of burst, a bucket holds 10 requests
+
+
+@dataclass
+class Workers:
+    proc: subprocess.Popen[bytes]
+    port: int
+    db: Database
+    log: Path
+    opened: list[http.client.HTTPConnection]
+
+    def key(self, name: str, rate_per_minute: int) -> tuple[int, str]:
+        with self.db.transaction() as s:
+            info, raw = create_key(s, name=name, scopes=["admin"],
+                                   rate_per_minute=rate_per_minute, now=utcnow())
+        return info.id, raw
+
+    def descendants(self) -> set[int]:
+        found, frontier = set(), {self.proc.pid}
+        while frontier:
+            parent = frontier.pop()
+            for task in Path(f"/proc/{parent}/task").glob("*/children"):
+                kids = {int(x) for x in task.read_text().split()}
+                frontier |= kids - found
+                found |= kids
+        return found
+
+    def connect(self) -> tuple[http.client.HTTPConnection, int]:
+        """A keep-alive connection, and the pid of the worker process that accepted it."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        self.opened.append(conn)
+        conn.request("GET", "/health/live")
+        reply = conn.getresponse()
+        reply.read()
+        assert reply.status == 200
+        assert conn.sock is not None
+        return conn, self.owner(conn.sock.getsockname()[1])
+
+    def owner(self, client_port: int) -> int:
+        inode = None
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = fields[1], fields[2]
+            if (int(local.split(":")[1], 16) == self.port
+                    and int(remote.split(":")[1], 16) == client_port):
+                inode = fields[9]
+        assert inode is not None, "the server side of the connection is not in /proc/net/tcp"
+        for pid in self.descendants():
+            try:
+                links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+            except (FileNotFoundError, PermissionError):
+                continue
+            if f"socket:[{inode}]" in links:
+                return pid
+        raise AssertionError("no worker holds the connection")
+
+
+def get(conn: http.client.HTTPConnection, raw_key: str) -> int:
+    conn.request("GET", "/v1/keys", headers={"Authorization": f"Bearer {raw_key}"})
+    reply = conn.getresponse()
+    reply.read()
+    return reply.status
+
+
+@pytest.fixture
+def workers(pg_url: str, tmp_path: Path) -> Iterator[Workers]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKFIRST_")}
+    env.update(PYTHONPATH=str(ROOT), ORT_DISABLE_TELEMETRY="1", LOOKFIRST_DATABASE_URL=pg_url,
+               LOOKFIRST_DATA_DIR=str(tmp_path / "data"), LOOKFIRST_API_PRELOAD_MODEL="false",
+               LOOKFIRST_API_KEY_CACHE_S=str(CACHE_S), LOOKFIRST_API_RATE_BURST_SECONDS="10")
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([str(LOOKFIRST), "serve", "--workers", "2", "--port", str(port)],
+                                env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    db = Database(pg_url)
+    w = Workers(proc, port, db, log, [])
+    try:
+        deadline = time.monotonic() + 120
+        while len(w.descendants()) < 2 or not _answers(port):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        yield w
+    finally:
+        for conn in w.opened:
+            conn.close()
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        db.dispose()
+
+
+def _answers(port: int) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/health/live")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def one_per_worker(w: Workers) -> tuple[http.client.HTTPConnection, http.client.HTTPConnection]:
+    """Two connections held by two different worker processes."""
+    by_worker: dict[int, http.client.HTTPConnection] = {}
+    for _ in range(60):
+        conn, pid = w.connect()
+        by_worker.setdefault(pid, conn)
+        if len(by_worker) == 2:
+            a, b = by_worker.values()
+            return a, b
+    raise AssertionError(f"60 connections all went to {set(by_worker)}: one worker only")
+
+
+def test_one_keys_rate_limit_holds_across_two_workers(workers: Workers) -> None:
+    a, b = one_per_worker(workers)
+    _, raw = workers.key("limited", RATE_PER_MINUTE)
+    capacity, per_second = 10, RATE_PER_MINUTE / 60
+    started = time.monotonic()
+    statuses = [(side, get(conn, raw)) for _ in range(20) for side, conn in (("a", a), ("b", b))]
+    elapsed = time.monotonic() - started
+    allowed = sum(1 for _, status in statuses if status == 200)
+    assert {status for _, status in statuses} == {200, 429}
+    # one bucket: its capacity and what refilled meanwhile; a bucket per worker would let
+    # through up to twice the capacity
+    assert capacity <= allowed <= capacity + elapsed * per_second + 1, (allowed, elapsed)
+    assert elapsed * per_second + 1 < capacity, "the test ran too slowly to tell one bucket"
+    for side in ("a", "b"):  # both workers took tokens, and both refused
+        assert {status for s, status in statuses if s == side} == {200, 429}, statuses
+
+
+def test_a_revoked_key_stops_in_every_worker_within_the_cache_ttl(workers: Workers) -> None:
+    a, b = one_per_worker(workers)
+    key_id, raw = workers.key("revoked", 6000)
+    _, admin = workers.key("admin", 6000)
+    assert get(a, raw) == 200 and get(b, raw) == 200  # known (and cached) in both workers
+    a.request("POST", f"/v1/keys/{key_id}/revoke", headers={"Authorization": f"Bearer {admin}"})
+    reply = a.getresponse()
+    reply.read()
+    assert reply.status == 200
+    revoked_at = time.monotonic()
+    assert get(a, raw) == 401  # the worker that revoked it forgets it at once
+    while get(b, raw) != 401:  # the other, once its cached entry runs out
+        assert time.monotonic() - revoked_at < CACHE_S + 2.0, "still accepted past the TTL"
+        time.sleep(0.05)
+    assert get(a, raw) == 401 and get(b, raw) == 401
+    assert get(a, admin) == 200 and get(b, admin) == 200  # only that key
