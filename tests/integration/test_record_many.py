@@ -17,8 +17,8 @@ from sqlalchemy.exc import IntegrityError
 from review import audit
 from review.db import Database
 from review.service import NewUpload, ReviewService, Routing
-from tests.conftest import FakeClock, fresh_pg_database, pg_base_url
-from tests.review_support import make_config, routing, upload
+from tests.databases import fresh_pg_database, require_pg
+from tests.review_support import FakeClock, make_config, routing, upload
 
 TABLES = ("content", "upload", "decision", "review_item", "action", "outbox", "audit_event",
           "audit_head")
@@ -37,7 +37,7 @@ def two_dbs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Da
         for d in made:
             d.dispose()
         return
-    base = pg_base_url()
+    base = require_pg()
     first, second = fresh_pg_database(base), fresh_pg_database(base)
     made = [Database(next(first)), Database(next(second))]
     try:
