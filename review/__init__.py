@@ -41,6 +41,7 @@ from review.errors import (
     NotFound,
     NothingToClaim,
     ReviewError,
+    SameCredential,
     UnknownReviewer,
 )
 from review.idempotency import (
@@ -164,6 +165,7 @@ __all__ = [
     "NotFound",
     "NothingToClaim",
     "ReviewError",
+    "SameCredential",
     "UnknownReviewer",
     # the audit log
     "AuditReport",
