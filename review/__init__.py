@@ -13,6 +13,7 @@ from review.apikeys import (
     find_api_key,
     get_api_key,
     list_api_keys,
+    reviewer_is_active,
     revoke_api_key,
     take_rate_token,
 )
@@ -230,6 +231,7 @@ __all__ = [
     "iter_decisions",
     "list_api_keys",
     "revoke_api_key",
+    "reviewer_is_active",
     "save_stored_response",
     "take_rate_token",
     # the learning loop's reads (datasets, model comparison, the false-positive rate)

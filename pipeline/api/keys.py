@@ -23,10 +23,12 @@ def get_keys(_key: AdminKey, s: SessionDep) -> list[KeyPublic]:
 
 @router.post("", status_code=201, response_model=KeyCreatedPublic,
              summary="Create an API key; the key is in this response only",
-             responses=responses(*AUTH_ERRORS))
+             responses=responses(*AUTH_ERRORS, 403))
 def post_key(body: KeyCreate, _key: AdminKey, state: StateDep, s: SessionDep) -> KeyCreatedPublic:
     info, raw = create_key(s, name=body.name, scopes=[x.value for x in body.scopes],
-                           rate_per_minute=body.rate_per_minute, now=state.now())
+                           rate_per_minute=body.rate_per_minute, now=state.now(),
+                           reviewer=body.reviewer,
+                           allow_delegate=state.settings.delegate_keys_allowed)
     return KeyCreatedPublic.model_validate({**info.as_dict(), "key": raw})
 
 

@@ -84,9 +84,11 @@ def serve(
 @keys_app.command("create")
 @guarded
 def keys_create(
-    scope: Annotated[list[str], typer.Option(help="classify | review | appeal | admin; "
-                                                  "repeatable.")],
+    scope: Annotated[list[str], typer.Option(help="classify | review | appeal | admin | "
+                                                  "delegate; repeatable.")],
     name: Annotated[str, typer.Option(help="Who or what uses it.")] = "api-key",
+    reviewer: Annotated[str | None, typer.Option(
+        help="The reviewer the key belongs to: it acts as them only.")] = None,
     rate_per_minute: Annotated[int | None, typer.Option(help="Its rate limit (default: "
                                                              "the server's).")] = None,
     as_json: JsonOpt = False,
@@ -96,13 +98,16 @@ def keys_create(
 
     rt = runtime()
     with rt.db.transaction() as s:
-        info, raw = create_key(s, name=name, scopes=scope,
-                               rate_per_minute=rate_per_minute, now=rt.review.clock())
+        info, raw = create_key(s, name=name, scopes=scope, reviewer=reviewer,
+                               rate_per_minute=rate_per_minute, now=rt.review.clock(),
+                               allow_delegate=rt.settings.delegate_keys_allowed)
     if as_json:
         emit({**info.as_dict(), "key": raw}, True)
     else:
         out.print(f"created key {info.id} ({info.name}, prefix {info.prefix}, scopes "
-                  f"{', '.join(sorted(info.scopes))}); it is shown only now:",
+                  f"{', '.join(sorted(info.scopes))}"
+                  + (f", reviewer {info.reviewer_id}" if info.reviewer_id else "")
+                  + "); it is shown only now:",
                   highlight=False)
         sys.stdout.write(raw + "\n")
     return Exit.OK
