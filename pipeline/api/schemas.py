@@ -90,6 +90,8 @@ class VerdictPublic(_Public):
     at: dt.datetime
     #: for an escalation: the item whose reviewers disagreed
     from_item: int | None = None
+    #: recorded through a delegate (a console, the CLI) acting for the reviewer (issue 16)
+    via_delegate: bool | None = None
 
 
 class ReviewRecord(_Public):
