@@ -104,6 +104,7 @@ from review.records import (
     item_content,
     item_state,
     iter_decisions,
+    verdict_credentials,
 )
 from review.service import SYSTEM, ReviewService, utcnow
 from review.states import (
@@ -229,6 +230,7 @@ __all__ = [
     "item_content",
     "item_state",
     "iter_decisions",
+    "verdict_credentials",
     "list_api_keys",
     "revoke_api_key",
     "reviewer_is_active",

@@ -285,7 +285,8 @@ def test_review_endpoints_follow_the_service_rules(
 ) -> None:
     d = classify(client, fresh_astronaut(), account="acct-review").json()
     item = d["review_item_id"]
-    error(reviewers.get("/v1/review/items"), 422, "request.invalid")  # who is looking?
+    # who is looking?  A delegate must name the reviewer it acts for
+    error(reviewers.get("/v1/review/items"), 422, "auth.reviewer_required")
     error(reviewers.get("/v1/review/items", headers={"X-Reviewer": "nobody"}), 403,
           "review.unknown_reviewer")
     error(reviewers.post("/v1/review/claim", headers={"X-Reviewer": "dana"},
