@@ -7,7 +7,10 @@ An image in the `violating` hash bank goes to the two-person `severe` queue, as 
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import hashlib
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -301,3 +304,73 @@ def test_keys_api_binds_a_key_to_a_reviewer_and_refuses_bound_delegates(
     listed = httpx.get(f"{api.url}/v1/review/items", headers=bearer(made.json()["key"]))
     assert listed.status_code == 200, listed.text
 
+
+
+# ---- signed preview and reveal links ------------------------------------------------------------
+def _link(api: ApiServer, kind: str, d: dict[str, Any], **kw: Any) -> str:
+    from pipeline.previews import sign_link
+    from pipeline.settings import DEV_SECRET
+
+    with api.client(api.key("admin")) as c:
+        sha = c.get(f"/v1/decisions/{d['decision_id']}").json()["upload"]["content_sha256"]
+    args: dict[str, Any] = dict(kind=kind, item_id=int(d["review_item_id"]), sha256=sha,
+                                expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+    args.update(kw)
+    return sign_link(DEV_SECRET, **args)
+
+
+def _splice(token: str, **changes: Any) -> str:
+    """The token's body edited, its signature kept: what someone without the key can do."""
+    body, sig = token.split(".")
+    raw = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    raw.update(changes)
+    edited = base64.urlsafe_b64encode(json.dumps(raw, separators=(",", ":")).encode())
+    return f"{edited.rstrip(b'=').decode()}.{sig}"
+
+
+@pytest.mark.parametrize("kind", ["previews", "originals"])
+def test_links_refuse_expired_tampered_and_replayed_for_another_item(
+    api: ApiServer, people: dict[str, str], kind: str
+) -> None:
+    a, b = severe_item(api), severe_item(api)
+    link_kind = kind.rstrip("s") if kind == "previews" else "original"
+    good = _link(api, link_kind, a)
+    query = "?reviewer=r1&reason=checking" if kind == "originals" else ""
+    assert httpx.get(f"{api.url}/v1/{kind}/{good}{query}").status_code == 200
+    cases = {
+        "link.expired": _link(api, link_kind, a,
+                              expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)),
+        # a's link pointed at b by editing the token: the signature no longer matches
+        "link.invalid": _splice(good, i=int(b["review_item_id"])),
+    }
+    with api.client(api.key("admin")) as c:
+        sha_b = c.get(f"/v1/decisions/{b['decision_id']}").json()["upload"]["content_sha256"]
+    cases["link.mismatch"] = _link(api, link_kind, a, sha256=sha_b)  # b's image, a's item
+    before = recorded(api, int(a["review_item_id"]))
+    for code, token in cases.items():
+        refused(httpx.get(f"{api.url}/v1/{kind}/{token}{query}"), 403, code)
+    refused(httpx.get(f"{api.url}/v1/{kind}/{good[:-2]}xx{query}"), 403, "link.invalid")
+    # a preview link never opens the original (nor the reverse)
+    other = "originals" if kind == "previews" else "previews"
+    refused(httpx.get(f"{api.url}/v1/{other}/{good}?reviewer=r1&reason=x"), 403, "link.invalid")
+    # the good request above was the only reveal: refusals record nothing
+    assert recorded(api, int(a["review_item_id"])) == before
+
+
+def test_a_reveal_records_the_link_it_came_through(api: ApiServer,
+                                                   people: dict[str, str]) -> None:
+    d = severe_item(api)
+    token = _link(api, "original", d)
+    r = httpx.get(f"{api.url}/v1/originals/{token}?reviewer=r2&reason=verify%20match")
+    assert r.status_code == 200, r.text
+    db = _db(api)
+    try:
+        with db.transaction() as s:
+            ev = s.execute(select(AuditEvent).where(
+                AuditEvent.event == "item.reveal_original",
+                AuditEvent.subject_id == str(d["review_item_id"]))).scalars().one()
+    finally:
+        db.dispose()
+    assert ev.actor == "r2" and ev.data["reason"] == "verify match"
+    assert ev.data["credential"].startswith("link:") and ev.data["delegate"] is True
+    assert token not in json.dumps(ev.data)
