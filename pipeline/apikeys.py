@@ -24,9 +24,11 @@ from sqlalchemy.orm import Session
 
 from pipeline.errors import ErrorKind, PipelineError
 from review import (
+    SYSTEM,
     ApiKeyRecord,
     Database,
     add_api_key,
+    append_audit_event,
     find_api_key,
     list_api_keys,
     revoke_api_key,
@@ -200,12 +202,14 @@ def create_key(
     now: dt.datetime,
     reviewer: str | None = None,
     allow_delegate: bool = False,
+    by: Principal | None = None,
 ) -> tuple[ApiKeyInfo, str]:
     """Store a new key; returns its description and the key itself (shown once, never stored).
 
     `reviewer`: the key belongs to that reviewer and acts as them only.  The `delegate` scope
     needs `allow_delegate` (the caller's: development, or production with
-    LOOKFIRST_ALLOW_DELEGATE_KEYS) and no `reviewer`."""
+    LOOKFIRST_ALLOW_DELEGATE_KEYS) and no `reviewer`.  Audited (`api_key.created`), naming
+    `by`, the principal that made it (the CLI's operator, the API's admin key)."""
     chosen = parse_scopes(scopes)
     if Scope.DELEGATE in chosen and reviewer is not None:
         raise DelegateKeyRefused("a key bound to a reviewer acts as them only: it cannot have "
@@ -227,18 +231,34 @@ def create_key(
     row = add_api_key(s, name=name, prefix=prefix, secret_sha256=hash_key(raw),
                       scopes=sorted(chosen), rate_per_minute=rate_per_minute, now=now,
                       reviewer_id=reviewer)
-    return _info(row), raw
+    info = _info(row)
+    _audit(s, by, "api_key.created", info, now)
+    return info, raw
+
+
+def _audit(s: Session, by: Principal | None, event: str, info: ApiKeyInfo,
+           now: dt.datetime) -> None:
+    append_audit_event(
+        s, at=now, actor=by.actor if by is not None else SYSTEM, event=event,
+        subject_type="api_key", subject_id=info.id,
+        data={"name": info.name, "prefix": info.prefix, "scopes": sorted(info.scopes),
+              "reviewer": info.reviewer_id,
+              "principal": by.audit_data() if by is not None else None})
 
 
 def list_keys(s: Session) -> list[ApiKeyInfo]:
     return [_info(r) for r in list_api_keys(s)]
 
 
-def revoke_key(s: Session, *, key_id: int, now: dt.datetime) -> ApiKeyInfo:
+def revoke_key(s: Session, *, key_id: int, now: dt.datetime,
+               by: Principal | None = None) -> ApiKeyInfo:
+    """Revoke a key (audited: `api_key.revoked`, naming `by`)."""
     row = revoke_api_key(s, key_id=key_id, now=now)
     if row is None:
         raise PipelineError(f"no API key {key_id}")
-    return _info(row)
+    info = _info(row)
+    _audit(s, by, "api_key.revoked", info, now)
+    return info
 
 
 def find_key(s: Session, raw: str) -> ApiKeyInfo | None:

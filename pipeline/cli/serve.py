@@ -95,12 +95,14 @@ def keys_create(
 ) -> int:
     """Create an API key and print it once: only its sha256 is stored."""
     from pipeline.apikeys import create_key
+    from pipeline.auth import operator
 
     rt = runtime()
     with rt.db.transaction() as s:
         info, raw = create_key(s, name=name, scopes=scope, reviewer=reviewer,
                                rate_per_minute=rate_per_minute, now=rt.review.clock(),
-                               allow_delegate=rt.settings.delegate_keys_allowed)
+                               allow_delegate=rt.settings.delegate_keys_allowed,
+                               by=operator.current().principal())
     if as_json:
         emit({**info.as_dict(), "key": raw}, True)
     else:
@@ -142,9 +144,11 @@ def keys_list(as_json: JsonOpt = False) -> int:
 def keys_revoke(key_id: int, as_json: JsonOpt = False) -> int:
     """Revoke a key (servers stop accepting it within LOOKFIRST_API_KEY_CACHE_S)."""
     from pipeline.apikeys import revoke_key
+    from pipeline.auth import operator
 
     rt = runtime()
     with rt.db.transaction() as s:
-        info = revoke_key(s, key_id=key_id, now=rt.review.clock())
+        info = revoke_key(s, key_id=key_id, now=rt.review.clock(),
+                          by=operator.current().principal())
     emit(info.as_dict(), as_json)
     return Exit.OK

@@ -303,6 +303,21 @@ def test_keys_api_binds_a_key_to_a_reviewer_and_refuses_bound_delegates(
                       ).status_code == 201
     listed = httpx.get(f"{api.url}/v1/review/items", headers=bearer(made.json()["key"]))
     assert listed.status_code == 200, listed.text
+    # making and revoking keys is audited, naming the principal that did it
+    with api.client(api.key("admin")) as c:
+        assert c.post(f"/v1/keys/{made.json()['id']}/revoke").status_code == 200
+    db = _db(api)
+    try:
+        with db.transaction() as s:
+            evs = s.execute(select(AuditEvent).where(
+                AuditEvent.subject_type == "api_key",
+                AuditEvent.subject_id == str(made.json()["id"])).order_by(AuditEvent.seq)
+            ).scalars().all()
+    finally:
+        db.dispose()
+    assert [e.event for e in evs] == ["api_key.created", "api_key.revoked"]
+    assert all(e.data["principal"]["credential"].startswith("key:") for e in evs)
+    assert evs[0].data["reviewer"] == "r1" and made.json()["key"] not in json.dumps(evs[0].data)
 
 
 
