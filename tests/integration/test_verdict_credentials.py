@@ -12,7 +12,7 @@ from sqlalchemy import select
 from review import ReviewError, SameCredential
 from review.db import Database
 from review.schema import AuditEvent, VerdictRow
-from review.service import ReviewService
+from review.service import ReviewService, utcnow
 from tests.review_support import ACTIONS, record
 
 SEVERE: dict[str, Any] = dict(queue="severe", severity="critical", reviewers_required=2,
@@ -83,3 +83,35 @@ def test_a_malformed_credential_is_refused(seeded: Database, svc: ReviewService)
     item, _ = _item(svc, seeded, 3)
     with pytest.raises(ReviewError, match="credential id"):
         _decide(svc, seeded, "sam", item, credential="no-colon")
+
+
+def test_delegate_keys_are_refused_in_production_unless_allowed(seeded: Database) -> None:
+    from pipeline.apikeys import DelegateKeyRefused, Scope, create_key
+    from pipeline.settings import Settings
+    from review import UnknownReviewer
+
+    secrets = {f"{n}": "x" * 32 for n in ("webhook_secret", "signing_key",
+                                         "labelstudio_webhook_secret",
+                                         "labelstudio_admin_password")}
+    production = Settings(environment="production", **secrets)
+    assert not production.delegate_keys_allowed
+    assert Settings(environment="production", allow_delegate_keys=True,
+                    **secrets).delegate_keys_allowed
+    assert Settings().delegate_keys_allowed  # development
+    now = utcnow()
+    with seeded.transaction() as s:
+        with pytest.raises(DelegateKeyRefused) as refusal:
+            create_key(s, name="console", scopes=["review", "delegate"], now=now,
+                       allow_delegate=production.delegate_keys_allowed)
+        assert refusal.value.code == "keys.delegate_refused"
+        with pytest.raises(DelegateKeyRefused):  # a bound key is never a delegate
+            create_key(s, name="sam", scopes=["review", "delegate"], reviewer="sam", now=now,
+                       allow_delegate=True)
+        with pytest.raises(UnknownReviewer):
+            create_key(s, name="ghost", scopes=["review"], reviewer="ghost", now=now)
+        info, _ = create_key(s, name="console", scopes=["review", "delegate"], now=now,
+                             allow_delegate=True)
+        assert info.allows(Scope.DELEGATE) and info.principal().reviewer is None
+        bound, _ = create_key(s, name="sam", scopes=["admin"], reviewer="sam", now=now)
+        assert not bound.allows(Scope.DELEGATE)  # admin never implies it
+        assert bound.principal().bound and bound.principal().credential == f"key:{bound.id}"
