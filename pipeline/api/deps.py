@@ -25,6 +25,7 @@ from pipeline.apikeys import (
     ApiKeyInfo,
     AuthInvalid,
     AuthMissing,
+    DelegateKeyRefused,
     Forbidden,
     KeyVerifier,
     RateLimited,
@@ -139,7 +140,12 @@ async def current_principal(
     raw = _presented(request)
     if state.oidc is not None and looks_like_jwt(raw):
         return await run_in_threadpool(_token_principal, state, state.oidc, raw)
-    return (await _key_for(request, state, raw)).principal()
+    who = (await _key_for(request, state, raw)).principal()
+    if who.allows(Scope.DELEGATE.value) and not state.settings.delegate_keys_allowed:
+        # made before production mode, or written into the database by hand
+        raise DelegateKeyRefused("Production does not accept delegate keys unless "
+                                 "LOOKFIRST_ALLOW_DELEGATE_KEYS is set.")
+    return who
 
 
 def _token_principal(state: ApiState, oidc: OidcVerifier, raw: str) -> Principal:
