@@ -241,7 +241,8 @@ class VerdictRow(Base):
     via_delegate: Mapped[bool] = mapped_column(Boolean, default=False)
     __table_args__ = (
         UniqueConstraint("item_id", "reviewer_id", name="uq_verdict_item_reviewer"),
-        UniqueConstraint("item_id", "credential", name="uq_verdict_item_credential"),
+        # an index, not a constraint: SQLite adds one to a table that rows point at (0013)
+        Index("uq_verdict_item_credential", "item_id", "credential", unique=True),
         UniqueConstraint("id", "reviewer_id", name="uq_verdict_id_reviewer"),
         _enum_check("verdict", set(Verdict), "verdict"),
     )
