@@ -196,7 +196,7 @@ AdminKey = Annotated[ApiKeyInfo, Depends(require(Scope.ADMIN))]
 ReviewPrincipal = Annotated[Principal, Depends(require_principal(Scope.REVIEW))]
 #: a decision's statement of reasons: the platform, its appeal front end and reviewers read it
 DecisionReader = Annotated[
-    ApiKeyInfo, Depends(require(Scope.CLASSIFY, Scope.APPEAL, Scope.REVIEW))
+    Principal, Depends(require_principal(Scope.CLASSIFY, Scope.APPEAL, Scope.REVIEW))
 ]
 
 XReviewer = Annotated[

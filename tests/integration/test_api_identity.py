@@ -215,6 +215,8 @@ def test_two_oidc_tokens_can_and_one_account_cannot_be_two(
     creds = credentials_of(api, item)
     assert [r for r, _, _ in creds] == ["r1", "r2"]
     assert all(c.startswith("oidc:") and "user-" not in c for _, c, _ in creds)
+    # a reviewer's token reads the statement of reasons too
+    assert httpx.get(f"{api.url}/v1/decisions/{d['decision_id']}", headers=t2).status_code == 200
     # a token is its reviewer's own: it names no one else
     refused(httpx.get(f"{api.url}/v1/review/items", headers={**t2, "X-Reviewer": "r1"}),
             403, "auth.reviewer_bound")
