@@ -590,10 +590,26 @@ def test_a_scripted_workflow_reaches_every_covered_state(sqlite_bench: Workbench
             m.svc.decide(s, item_id=view.id, reviewer_id="alice", verdict="benign")
         m.execute_due()
         check()
+        # one console's key for both seniors of a fresh severe item: the second is refused
+        fresh = m._record("severe", "acct-3")
+        with m.db.transaction() as s:
+            item = s.execute(select(ReviewItem.id).where(ReviewItem.decision_id == fresh)
+                             ).scalar_one()
+        for who in ("sid", "sky"):
+            def step(s: Session, who: str = who) -> None:
+                m.svc.claim(s, reviewer_id=who, item_id=item)
+                m.svc.decide(s, item_id=item, reviewer_id=who, verdict="violating",
+                             categories=("cat.critical",), credential="key:console",
+                             delegate=True)
+            m._tx("console", step)
+        check()
         with m.db.transaction() as s:
             reached = {k: s.execute(text(q)).scalar_one() for k, q in COVERAGE.items()}
+            assert s.execute(select(VerdictRow.reviewer_id).where(VerdictRow.item_id == item)
+                             ).scalars().all() == ["sid"]
     finally:
         m.teardown()
         BACKEND = None
     assert all(reached.values()), reached
     assert all(SEEN[k] == 1 for k in COVERAGE), SEEN
+    assert SEEN["one credential refused a second verdict"] == 1, SEEN
