@@ -124,13 +124,12 @@ def review_decide(
     from review import verdict_credentials
 
     rt = runtime()
-    op = operator.current()
-    who = op.principal().acting(reviewer)
+    op = operator.current()  # acts for --reviewer, as a delegate, through its own account
     with rt.db.transaction() as s:
         operator.require_another_person(op, verdict_credentials(s, item_id=item))
         res = rt.review.decide(s, item_id=item, reviewer_id=reviewer, verdict=verdict,
                                categories=category or [], note=note,
-                               credential=who.credential, delegate=who.delegate)
+                               credential=op.credential, delegate=True)
     d = {"item": res.item_id, "status": str(res.status), "verdict_id": res.verdict_id,
          "actions": res.actions, "escalated_to": res.escalated_to}
     if as_json:
@@ -256,15 +255,14 @@ def review_decide_bulk(
     from review import verdict_credentials
 
     rt = runtime()
-    op = operator.current()
-    who = op.principal().acting(reviewer)
+    op = operator.current()  # acts for --reviewer, as a delegate, through its own account
     with rt.db.transaction() as s:
         operator.require_another_person(op, verdict_credentials(s, item_id=item))
         results = rt.review.decide_bulk(
             s, item_id=item, reviewer_id=reviewer, verdict=verdict,
             categories=category or [], note=note, group=_GROUP[by],
             burst_window=dt.timedelta(minutes=window_minutes), limit=limit,
-            credential=who.credential, delegate=who.delegate,
+            credential=op.credential, delegate=True,
         )
     items: list[dict[str, Any]] = [
         {"item": r.item_id, "status": str(r.status), "verdict_id": r.verdict_id,
