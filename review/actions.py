@@ -109,11 +109,13 @@ class Actions:
     def execute_now(self, s: Session, a: Action, *, actor: str, credential: str | None = None,
                     delegate: bool = False) -> Action:
         """Execute an approved action whose checks the caller has made (or the automated hold).
-        The audit events record the credential acting (`direct:<actor>` when none is named)."""
+        The audit events record the credential acting, when the caller names one."""
         core = self.core
         if a.kind not in AUTOMATED_ACTIONS and a.approver_1 is None:  # belt and braces; the
             raise ActionNotApproved()  # database refuses it too (ck_action_human_approved)
-        who = actor_data(actor, credential, delegate)
+        # a person's or an operator's door; lookfirst's own steps (the automated hold, the
+        # scheduled executor) name none, and their events stay as they were
+        who = actor_data(actor, credential, delegate) if credential is not None else {}
         a = core.action_transition(s, a.id, "execute", actor=actor,
                                    values={"executed_at": core.clock()}, data=who)
         if a.reverses_action_id is not None:

@@ -201,7 +201,7 @@ class ReviewService:
     def execute(self, s: Session, *, action_id: int, actor: str,
                 credential: str | None = None, delegate: bool = False) -> Action:
         """Execute (or, for a reversal, reverse through) an approved, due action; the audit
-        events record the credential (`direct:<actor>` when the caller names none)."""
+        events record `credential` (the CLI's operator account) when the caller names one."""
         return self.actions.execute(s, action_id=action_id, actor=actor,
                                     credential=credential, delegate=delegate)
 

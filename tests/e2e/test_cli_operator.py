@@ -115,3 +115,15 @@ def test_a_second_operator_account_confirms(env: dict[str, str]) -> None:
     host = socket.gethostname()
     assert _verdicts(env, item) == [("sam", f"os:alice@{host}", True),
                                     ("sue", f"os:bob@{host}", True)]
+    # executing records the operator account too, whatever --actor says
+    remove = next(a for a in done["actions"] if a["kind"] == "remove_content")
+    run(_as(env, "carol"), "actions", "execute", str(remove["id"]), "--actor", "anyone")
+    rt = Runtime(Settings(data_dir=Path(env["LOOKFIRST_DATA_DIR"])))
+    try:
+        with rt.db.transaction() as s:
+            ev = s.execute(select(AuditEvent).where(
+                AuditEvent.event == "action.execute",
+                AuditEvent.subject_id == str(remove["id"]))).scalars().one()
+    finally:
+        rt.close()
+    assert ev.actor == "anyone" and ev.data["credential"] == f"os:carol@{host}"
