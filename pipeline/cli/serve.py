@@ -118,7 +118,8 @@ def keys_create(
 @keys_app.command("list")
 @guarded
 def keys_list(as_json: JsonOpt = False) -> int:
-    """List keys: id, name, prefix, scopes, rate, created, revoked (never the keys)."""
+    """List keys: id, name, prefix, scopes, reviewer, rate, created, revoked (never the
+    keys)."""
     from rich.table import Table
 
     from pipeline.apikeys import list_keys
@@ -129,10 +130,11 @@ def keys_list(as_json: JsonOpt = False) -> int:
     if as_json:
         emit(rows, True)
         return Exit.OK
-    t = Table("id", "name", "prefix", "scopes", "rate/min", "created", "revoked")
+    t = Table("id", "name", "prefix", "scopes", "reviewer", "rate/min", "created", "revoked")
     for r in rows:
         t.add_row(str(r["id"]), str(r["name"]), str(r["prefix"]),
                   ", ".join(r["scopes"]),  # type: ignore[arg-type]
+                  str(r["reviewer"] or "-"),
                   str(r["rate_per_minute"] or "default"), str(r["created_at"])[:19],
                   str(r["revoked_at"] or "")[:19])
     out.print(t)
