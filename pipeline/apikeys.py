@@ -18,26 +18,32 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from sqlalchemy.orm import Session
 
 from pipeline.errors import ErrorKind, PipelineError
 from review import (
+    SYSTEM,
     ApiKeyRecord,
     Database,
     add_api_key,
+    append_audit_event,
     find_api_key,
     list_api_keys,
     revoke_api_key,
     take_rate_token,
 )
 
+if TYPE_CHECKING:
+    from pipeline.auth.principal import Principal
+
 __all__ = [
     "ApiKeyInfo",
     "AuthError",
     "AuthInvalid",
     "AuthMissing",
+    "DelegateKeyRefused",
     "Forbidden",
     "KeyVerifier",
     "RateLimited",
@@ -58,6 +64,10 @@ class Scope(enum.StrEnum):
     REVIEW = "review"  # reviewer tools and UI: the queue, claims, verdicts
     APPEAL = "appeal"  # the platform's appeal and notice front end: the user's voice
     ADMIN = "admin"  # everything above, and key management
+    #: act for any reviewer the request names (a console behind the platform's own login);
+    #: never implied by admin, never on a key bound to a reviewer, refused in production
+    #: unless `allow_delegate_keys`
+    DELEGATE = "delegate"
 
 
 _SCOPE_VALUES: Final = frozenset(s.value for s in Scope)
@@ -91,6 +101,14 @@ class Forbidden(AuthError):
     kind = ErrorKind.FORBIDDEN
 
 
+class DelegateKeyRefused(PipelineError):
+    """A delegate key acts for any reviewer it names: production refuses to make one unless
+    LOOKFIRST_ALLOW_DELEGATE_KEYS is set, and a key bound to a reviewer cannot be one."""
+
+    code = "keys.delegate_refused"
+    kind = ErrorKind.FORBIDDEN
+
+
 class RateLimited(PipelineError):
     """Too many requests for this API key; retry after the number of seconds in Retry-After."""
 
@@ -114,9 +132,22 @@ class ApiKeyInfo:
     rate_per_minute: int | None
     created_at: dt.datetime
     revoked_at: dt.datetime | None
+    #: the reviewer the key belongs to; None: a service (or delegate) key
+    reviewer_id: str | None = None
 
     def allows(self, scope: Scope) -> bool:
+        """Admin implies every scope but delegate (acting for people is never a side effect)."""
+        if scope == Scope.DELEGATE:
+            return Scope.DELEGATE in self.scopes
         return scope in self.scopes or Scope.ADMIN in self.scopes
+
+    def principal(self) -> Principal:
+        """The key as an authenticated caller (pipeline.auth.principal)."""
+        # here, not at the top: pipeline.auth's errors extend this module's
+        from pipeline.auth.principal import Principal
+
+        return Principal.api_key(key_id=self.id, prefix=self.prefix, name=self.name,
+                                 scopes=[str(s) for s in self.scopes], reviewer=self.reviewer_id)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -127,6 +158,7 @@ class ApiKeyInfo:
             "rate_per_minute": self.rate_per_minute,
             "created_at": self.created_at.isoformat(),
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "reviewer": self.reviewer_id,
         }
 
 
@@ -139,6 +171,7 @@ def _info(row: ApiKeyRecord) -> ApiKeyInfo:
         rate_per_minute=row.rate_per_minute,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        reviewer_id=row.reviewer_id,
     )
 
 
@@ -167,9 +200,26 @@ def create_key(
     scopes: Iterable[str],
     rate_per_minute: int | None = None,
     now: dt.datetime,
+    reviewer: str | None = None,
+    allow_delegate: bool = False,
+    by: Principal | None = None,
 ) -> tuple[ApiKeyInfo, str]:
-    """Store a new key; returns its description and the key itself (shown once, never stored)."""
+    """Store a new key; returns its description and the key itself (shown once, never stored).
+
+    `reviewer`: the key belongs to that reviewer and acts as them only.  The `delegate` scope
+    needs `allow_delegate` (the caller's: development, or production with
+    LOOKFIRST_ALLOW_DELEGATE_KEYS) and no `reviewer`.  Audited (`api_key.created`), naming
+    `by`, the principal that made it (the CLI's operator, the API's admin key)."""
     chosen = parse_scopes(scopes)
+    if Scope.DELEGATE in chosen and reviewer is not None:
+        raise DelegateKeyRefused("a key bound to a reviewer acts as them only: it cannot have "
+                                 "the delegate scope")
+    if Scope.DELEGATE in chosen and not allow_delegate:
+        raise DelegateKeyRefused()
+    from pipeline.auth.principal import REVIEWER_ID
+
+    if reviewer is not None and not REVIEWER_ID.fullmatch(reviewer):
+        raise PipelineError("not a reviewer id")
     name = name.strip()
     if not name or len(name) > 100:
         raise PipelineError("a key's name must be 1 to 100 characters")
@@ -179,19 +229,36 @@ def create_key(
     raw = f"lf_{prefix}_{secrets.token_urlsafe(32)}"
     assert KEY_PATTERN.fullmatch(raw)
     row = add_api_key(s, name=name, prefix=prefix, secret_sha256=hash_key(raw),
-                      scopes=sorted(chosen), rate_per_minute=rate_per_minute, now=now)
-    return _info(row), raw
+                      scopes=sorted(chosen), rate_per_minute=rate_per_minute, now=now,
+                      reviewer_id=reviewer)
+    info = _info(row)
+    _audit(s, by, "api_key.created", info, now)
+    return info, raw
+
+
+def _audit(s: Session, by: Principal | None, event: str, info: ApiKeyInfo,
+           now: dt.datetime) -> None:
+    append_audit_event(
+        s, at=now, actor=by.actor if by is not None else SYSTEM, event=event,
+        subject_type="api_key", subject_id=info.id,
+        data={"name": info.name, "prefix": info.prefix, "scopes": sorted(info.scopes),
+              "reviewer": info.reviewer_id,
+              "principal": by.audit_data() if by is not None else None})
 
 
 def list_keys(s: Session) -> list[ApiKeyInfo]:
     return [_info(r) for r in list_api_keys(s)]
 
 
-def revoke_key(s: Session, *, key_id: int, now: dt.datetime) -> ApiKeyInfo:
+def revoke_key(s: Session, *, key_id: int, now: dt.datetime,
+               by: Principal | None = None) -> ApiKeyInfo:
+    """Revoke a key (audited: `api_key.revoked`, naming `by`)."""
     row = revoke_api_key(s, key_id=key_id, now=now)
     if row is None:
         raise PipelineError(f"no API key {key_id}")
-    return _info(row)
+    info = _info(row)
+    _audit(s, by, "api_key.revoked", info, now)
+    return info
 
 
 def find_key(s: Session, raw: str) -> ApiKeyInfo | None:

@@ -31,6 +31,19 @@ class LinkInvalid(PipelineError):
     kind = ErrorKind.FORBIDDEN
 
 
+class LinkExpired(LinkInvalid):
+    """The link has expired; open the task again for a fresh one."""
+
+    code = "link.expired"
+
+
+class LinkMismatch(LinkInvalid):
+    """The link does not match the review item's content (made for another item, or the item
+    changed)."""
+
+    code = "link.mismatch"
+
+
 @dataclass(frozen=True, slots=True)
 class LinkClaims:
     kind: Kind
@@ -76,8 +89,14 @@ def verify_link(key: str, token: str, *, kind: Kind, now: dt.datetime) -> LinkCl
     if claims.kind != kind:
         raise LinkInvalid()
     if claims.expires <= now.timestamp():
-        raise LinkInvalid("the link has expired")
+        raise LinkExpired()
     return claims
+
+
+def link_credential(token: str) -> str:
+    """The credential id of a signed link, for the audit log: a digest, never the token (which
+    opens the image until it expires)."""
+    return "link:" + hashlib.sha256(token.encode()).hexdigest()[:24]
 
 
 def render_preview(data: bytes, *, max_side: int = PREVIEW_MAX_SIDE) -> bytes:

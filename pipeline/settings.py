@@ -88,6 +88,20 @@ class Settings(BaseSettings):
     api_key_cache_s: float = Field(default=5.0, ge=0, le=300)
     #: load the model when the server starts (readiness is 503 until it has loaded)
     api_preload_model: bool = True
+    #: production refuses to create `delegate`-scoped keys (a credential that acts for any
+    #: reviewer it names) unless this is set: a console behind the platform's own login
+    allow_delegate_keys: bool = False
+
+    # ---- reviewers' OpenID Connect tokens (pipeline.auth.oidc; off unless an issuer is set)
+    #: the `iss` every token must carry; also turns bearer JWTs on for the review routes
+    oidc_issuer: str | None = None
+    #: the `aud` this service is registered as at the identity provider
+    oidc_audience: str | None = None
+    #: the identity provider's JWKS (its `jwks_uri`), or a file holding it
+    oidc_jwks_url: str | None = None
+    oidc_jwks_path: Path | None = None
+    #: the claim naming the reviewer id (sub, preferred_username, email, a custom claim)
+    oidc_reviewer_claim: str = "sub"
 
     # ---- Label Studio (the reviewer UI; lookfirst stays the system of record)
     #: the Label Studio server (`make run` starts one here; or point at an existing one)
@@ -119,6 +133,12 @@ class Settings(BaseSettings):
                 if getattr(self, name) == DEV_SECRET:
                     raise ValueError(f"LOOKFIRST_{name.upper()} must be set in production")
         return self
+
+    @property
+    def delegate_keys_allowed(self) -> bool:
+        """Whether `keys create --scope delegate` may make a key that acts for any reviewer it
+        names: in development, or in production with LOOKFIRST_ALLOW_DELEGATE_KEYS."""
+        return self.environment != "production" or self.allow_delegate_keys
 
     @cached_property
     def blob_dir(self) -> Path:

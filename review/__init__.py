@@ -13,6 +13,7 @@ from review.apikeys import (
     find_api_key,
     get_api_key,
     list_api_keys,
+    reviewer_is_active,
     revoke_api_key,
     take_rate_token,
 )
@@ -41,6 +42,7 @@ from review.errors import (
     NotFound,
     NothingToClaim,
     ReviewError,
+    SameCredential,
     UnknownReviewer,
 )
 from review.idempotency import (
@@ -102,6 +104,7 @@ from review.records import (
     item_content,
     item_state,
     iter_decisions,
+    verdict_credentials,
 )
 from review.service import SYSTEM, ReviewService, utcnow
 from review.states import (
@@ -164,6 +167,7 @@ __all__ = [
     "NotFound",
     "NothingToClaim",
     "ReviewError",
+    "SameCredential",
     "UnknownReviewer",
     # the audit log
     "AuditReport",
@@ -226,8 +230,10 @@ __all__ = [
     "item_content",
     "item_state",
     "iter_decisions",
+    "verdict_credentials",
     "list_api_keys",
     "revoke_api_key",
+    "reviewer_is_active",
     "save_stored_response",
     "take_rate_token",
     # the learning loop's reads (datasets, model comparison, the false-positive rate)

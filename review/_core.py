@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from review import audit, outbox
 from review.config import ReviewConfig
-from review.errors import InvalidTransition
+from review.errors import InvalidTransition, ReviewError
 from review.schema import Action, ReviewItem
 from review.states import (
     ACTION_TRANSITIONS,
@@ -45,6 +45,22 @@ def forget(s: Session, model: type[Any], ids: Sequence[int]) -> None:
     for obj in list(s.identity_map.values()):
         if isinstance(obj, model) and obj.id in wanted:
             s.expire(obj)
+
+
+
+def credential_for(reviewer_id: str, credential: str | None) -> str:
+    """The credential a verdict or act is recorded under: the caller's, or for in-process
+    library callers that name none (trusted code: tests, scripts), `direct:<reviewer id>`."""
+    if credential is None:
+        return f"direct:{reviewer_id}"
+    if not credential or len(credential) > 128 or ":" not in credential:
+        raise ReviewError("a credential id is `<kind>:<id>`, at most 128 characters")
+    return credential
+
+
+def actor_data(reviewer_id: str, credential: str | None, delegate: bool) -> dict[str, object]:
+    """What an audit event records of who acted through which door."""
+    return {"credential": credential_for(reviewer_id, credential), "delegate": delegate}
 
 
 class Core:

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import exists, or_, select
 from sqlalchemy.orm import Session
 
-from review._core import SYSTEM, Core
+from review._core import SYSTEM, Core, actor_data
 from review.errors import ActionNotApproved, ActionNotDue, InvalidTransition, NotFound
 from review.schema import Action, ReviewItem, VerdictRow
 from review.states import (
@@ -75,7 +75,8 @@ class Actions:
         return out
 
     # ---- execution -----------------------------------------------------------------------
-    def execute(self, s: Session, *, action_id: int, actor: str) -> Action:
+    def execute(self, s: Session, *, action_id: int, actor: str,
+                credential: str | None = None, delegate: bool = False) -> Action:
         a = s.execute(select(Action).where(Action.id == action_id).with_for_update()).scalar()
         if a is None:
             raise NotFound(f"no action {action_id}")
@@ -91,7 +92,7 @@ class Actions:
                                f"{a.not_before.isoformat()}")
         if self._under_review(s, a.decision_id):
             raise ActionNotDue(f"action {action_id}: the decision is under review again")
-        return self.execute_now(s, a, actor=actor)
+        return self.execute_now(s, a, actor=actor, credential=credential, delegate=delegate)
 
     def _under_review(self, s: Session, decision_id: str) -> bool:
         return s.execute(
@@ -105,16 +106,21 @@ class Actions:
             )
         ).scalar_one()
 
-    def execute_now(self, s: Session, a: Action, *, actor: str) -> Action:
-        """Execute an approved action whose checks the caller has made (or the automated hold)."""
+    def execute_now(self, s: Session, a: Action, *, actor: str, credential: str | None = None,
+                    delegate: bool = False) -> Action:
+        """Execute an approved action whose checks the caller has made (or the automated hold).
+        The audit events record the credential acting, when the caller names one."""
         core = self.core
         if a.kind not in AUTOMATED_ACTIONS and a.approver_1 is None:  # belt and braces; the
             raise ActionNotApproved()  # database refuses it too (ck_action_human_approved)
+        # a person's or an operator's door; lookfirst's own steps (the automated hold, the
+        # scheduled executor) name none, and their events stay as they were
+        who = actor_data(actor, credential, delegate) if credential is not None else {}
         a = core.action_transition(s, a.id, "execute", actor=actor,
-                                   values={"executed_at": core.clock()})
+                                   values={"executed_at": core.clock()}, data=who)
         if a.reverses_action_id is not None:
             core.action_transition(s, a.reverses_action_id, "reverse", actor=actor,
-                                   data={"by_action": a.id})
+                                   data={"by_action": a.id, **who})
         core.outbox(
             s, topic="action", key=f"action:{a.id}",
             payload={**action_dict(a), "statement_url": f"/v1/decisions/{a.decision_id}"},

@@ -15,7 +15,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from review.schema import ApiKey, ApiRateBucket
+from review.errors import UnknownReviewer
+from review.schema import ApiKey, ApiRateBucket, Reviewer
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,19 +30,31 @@ class ApiKeyRecord:
     rate_per_minute: int | None
     created_at: dt.datetime
     revoked_at: dt.datetime | None
+    #: the reviewer the key belongs to (it acts as them, no one else); None: a service key
+    reviewer_id: str | None = None
 
 
 def _record(row: ApiKey) -> ApiKeyRecord:
     return ApiKeyRecord(id=row.id, name=row.name, prefix=row.prefix, scopes=tuple(row.scopes),
                         rate_per_minute=row.rate_per_minute, created_at=row.created_at,
-                        revoked_at=row.revoked_at)
+                        revoked_at=row.revoked_at, reviewer_id=row.reviewer_id)
+
+
+def reviewer_is_active(s: Session, reviewer_id: str) -> bool:
+    """Whether `reviewer_id` is registered and active (a bound key's or a token's reviewer)."""
+    row = s.get(Reviewer, reviewer_id)
+    return row is not None and bool(row.active)
 
 
 def add_api_key(s: Session, *, name: str, prefix: str, secret_sha256: str,
                 scopes: Sequence[str], rate_per_minute: int | None,
-                now: dt.datetime) -> ApiKeyRecord:
+                now: dt.datetime, reviewer_id: str | None = None) -> ApiKeyRecord:
+    """Store a key; with `reviewer_id`, bound to that (registered, active) reviewer."""
+    if reviewer_id is not None and not reviewer_is_active(s, reviewer_id):
+        raise UnknownReviewer(f"reviewer {reviewer_id!r} is not registered or not active")
     row = ApiKey(name=name, prefix=prefix, secret_sha256=secret_sha256, scopes=list(scopes),
-                 rate_per_minute=rate_per_minute, created_at=now, revoked_at=None)
+                 rate_per_minute=rate_per_minute, created_at=now, revoked_at=None,
+                 reviewer_id=reviewer_id)
     s.add(row)
     s.flush()
     return _record(row)

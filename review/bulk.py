@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from review._core import Core
+from review._core import Core, credential_for
 from review.claims.leases import Claims
 from review.errors import ExposureCapReached, InvalidTransition, ReviewError
 from review.reviewers import Reviewers
-from review.schema import ReviewItem
+from review.schema import ReviewItem, VerdictRow
 from review.states import CLAIMABLE, ItemKind, ItemStatus, Verdict
 from review.values import DecideResult
 from review.verdicts import Verdicts, parse_verdict
@@ -44,6 +44,8 @@ class Bulk:
         group: str = "sha256",
         burst_window: dt.timedelta = dt.timedelta(hours=1),
         limit: int = 200,
+        credential: str | None = None,
+        delegate: bool = False,
     ) -> list[DecideResult]:
         """Decide `item_id` (whose lease the reviewer holds) and, in the same transaction,
         every other open item the reviewer could claim that shows the same image
@@ -54,7 +56,8 @@ class Bulk:
         exposure caps, the two-person rule (an item that needs two people gets this
         reviewer's one verdict and waits for a second person), an audit event per transition.
         One `bulk.decided` event lists what was decided and what was skipped (held by someone
-        else, over the exposure cap, already carrying this reviewer's verdict).  Returns the
+        else, over the exposure cap, already carrying this reviewer's verdict or a verdict
+        through the same `credential`).  Returns the
         anchor's result first, then the others by item id; at most `limit` items in all."""
         if group not in BULK_GROUPS:
             raise ReviewError(f"unknown bulk group {group!r}; one of "
@@ -70,7 +73,7 @@ class Bulk:
         anchor = self.verdicts.locked_item(s, item_id)
         # decide's own checks, before anything moves: entitlement, verdict, lease
         self.verdicts.check(s, anchor, reviewer_id=reviewer_id, verdict=verdict,
-                            categories=categories, now=now)
+                            categories=categories, now=now, credential=credential)
         if anchor.kind not in BULK_KINDS:
             raise ReviewError(f"review item {item_id} is a {anchor.kind} item; appeals, "
                               "escalations and context replies are decided one by one")
@@ -84,7 +87,8 @@ class Bulk:
                     ReviewItem.created_at <= anchor.created_at + burst_window]
             key = anchor.account_id
         results = [self.verdicts.decide(s, item_id=item_id, reviewer_id=reviewer_id,
-                                        verdict=verdict, categories=categories, note=note)]
+                                        verdict=verdict, categories=categories, note=note,
+                                        credential=credential, delegate=delegate)]
         candidates = s.execute(
             select(ReviewItem.id, ReviewItem.status)
             .where(
@@ -100,8 +104,17 @@ class Bulk:
             .order_by(ReviewItem.id)
             .limit(limit - 1)
         ).all()
+        door = credential_for(reviewer_id, credential)
+        through_door = set(s.execute(
+            select(VerdictRow.item_id).where(
+                VerdictRow.item_id.in_([c[0] for c in candidates]),
+                VerdictRow.credential == door)
+        ).scalars()) if candidates else set()
         skipped: list[int] = []
         for other_id, status in candidates:
+            if other_id in through_door:  # the same door never supplies two verdicts of one item
+                skipped.append(other_id)
+                continue
             if status != ItemStatus.CLAIMED:
                 try:  # the claim's own rules: SKIP LOCKED, two people, exposure caps
                     self.claims.claim_many(s, reviewer_id=reviewer_id, item_id=other_id)
@@ -110,7 +123,8 @@ class Bulk:
                     continue
             results.append(self.verdicts.decide(s, item_id=other_id, reviewer_id=reviewer_id,
                                                 verdict=verdict, categories=categories,
-                                                note=note))
+                                                note=note, credential=credential,
+                                                delegate=delegate))
         self.core.audit(
             s, actor=reviewer_id, event="bulk.decided", subject_type="review_item",
             subject_id=item_id,

@@ -99,3 +99,11 @@ class AuditChainBroken(ReviewError):
 
     code = "audit.chain_broken"
     kind = "check_failed"
+
+
+class SameCredential(ReviewError):
+    """This credential has already supplied a verdict on this item; a second verdict needs another
+    person through their own credential (two people are two doors, not two names)."""
+
+    code = "review.same_credential"
+    kind = "forbidden"

@@ -9,7 +9,7 @@ from typing import Any, cast
 from sqlalchemy import Integer, Table, bindparam, func, select
 from sqlalchemy.orm import Session
 
-from review._core import Core
+from review._core import Core, actor_data
 from review.actions import Actions
 from review.errors import NotFound
 from review.reviewers import Reviewers
@@ -147,14 +147,16 @@ class Reads:
                        for r in s.execute(_VIEW_APPEALS, {"ids": appeal_items})}
         return assemble_views(items, decisions, verdicts, proposed, appeals, viewer)
 
-    def record_reveal(self, s: Session, *, item_id: int, reviewer_id: str, reason: str) -> None:
+    def record_reveal(self, s: Session, *, item_id: int, reviewer_id: str, reason: str,
+                      credential: str | None = None, delegate: bool = False) -> None:
         """Seeing the original (unblurred) image is an audited act of an entitled reviewer."""
         item = s.get(ReviewItem, item_id)
         if item is None:
             raise NotFound(f"no review item {item_id}")
         self.reviewers.require_entitled(s, reviewer_id, item.queue)
         self.core.audit(s, actor=reviewer_id, event="item.reveal_original",
-                        subject_type="review_item", subject_id=item_id, data={"reason": reason})
+                        subject_type="review_item", subject_id=item_id,
+                        data={"reason": reason, **actor_data(reviewer_id, credential, delegate)})
 
     # ---- decisions -------------------------------------------------------------------------
     def statement_of_reasons(self, s: Session, decision_id: str) -> dict[str, Any]:
@@ -179,7 +181,9 @@ class Reads:
                 "resolution": it.resolution,
                 "verdicts": [
                     {"reviewer": v.reviewer_id, "verdict": v.verdict, "categories": v.categories,
-                     "note": v.note, "at": v.created_at.isoformat()}
+                     "note": v.note, "at": v.created_at.isoformat(),
+                     # a delegate (a console, the CLI) recorded it for the reviewer
+                     "via_delegate": v.via_delegate}
                     for v in vs
                 ] if closed else [],
             })

@@ -144,6 +144,13 @@ def item_content(s: Session, *, item_id: int) -> str | None:
     ).scalar_one_or_none()
 
 
+def verdict_credentials(s: Session, *, item_id: int) -> list[str]:
+    """The credentials the item's verdicts came through, oldest first (the CLI's check that a
+    second operator is a different person, not only a different host)."""
+    return list(s.execute(select(VerdictRow.credential).where(VerdictRow.item_id == item_id)
+                          .order_by(VerdictRow.id)).scalars())
+
+
 def content_mime(s: Session, *, sha256: str) -> str | None:
     """The media type the content was received as (None: unknown content)."""
     return s.execute(select(Content.mime).where(Content.sha256 == sha256)).scalar_one_or_none()

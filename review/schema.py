@@ -222,7 +222,8 @@ class ReviewItem(Base):
 
 
 class VerdictRow(Base):
-    """What one reviewer concluded on one item.  One verdict per reviewer per item."""
+    """What one reviewer concluded on one item.  One verdict per reviewer per item, and one per
+    credential per item: the two people of the two-person rule come through two doors."""
 
     __tablename__ = "verdict"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -233,8 +234,15 @@ class VerdictRow(Base):
     proposed_actions: Mapped[list[Any]]
     note: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime]
+    #: the credential the verdict came through (`key:7`, `oidc:…`, `os:user@host`,
+    #: `labelstudio:3`; `direct:<reviewer>` for in-process callers, migration 0013)
+    credential: Mapped[str] = mapped_column(String(128))
+    #: acting for the reviewer through a credential that may act for many (a console, the CLI)
+    via_delegate: Mapped[bool] = mapped_column(Boolean, default=False)
     __table_args__ = (
         UniqueConstraint("item_id", "reviewer_id", name="uq_verdict_item_reviewer"),
+        # an index, not a constraint: SQLite adds one to a table that rows point at (0013)
+        Index("uq_verdict_item_credential", "item_id", "credential", unique=True),
         UniqueConstraint("id", "reviewer_id", name="uq_verdict_id_reviewer"),
         _enum_check("verdict", set(Verdict), "verdict"),
     )
@@ -410,6 +418,8 @@ class ApiKey(Base):
     rate_per_minute: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime]
     revoked_at: Mapped[dt.datetime | None]
+    #: the reviewer this key belongs to (it acts as them and no one else); None: a service key
+    reviewer_id: Mapped[str | None] = mapped_column(ForeignKey("reviewer.id"))
     __table_args__ = (
         CheckConstraint("length(secret_sha256) = 64", name="sha256_len"),
         CheckConstraint("rate_per_minute IS NULL OR rate_per_minute > 0", name="rate_positive"),

@@ -125,9 +125,12 @@ class ReviewService:
     def show(self, s: Session, item_id: int, *, viewer: str | None) -> ItemView:
         return self.reads.show(s, item_id, viewer=viewer)
 
-    def record_reveal(self, s: Session, *, item_id: int, reviewer_id: str, reason: str) -> None:
-        """Seeing the original (unblurred) image is an audited act of an entitled reviewer."""
-        self.reads.record_reveal(s, item_id=item_id, reviewer_id=reviewer_id, reason=reason)
+    def record_reveal(self, s: Session, *, item_id: int, reviewer_id: str, reason: str,
+                      credential: str | None = None, delegate: bool = False) -> None:
+        """Seeing the original (unblurred) image is an audited act of an entitled reviewer; the
+        event records the credential it came through (see `decide`)."""
+        self.reads.record_reveal(s, item_id=item_id, reviewer_id=reviewer_id, reason=reason,
+                                 credential=credential, delegate=delegate)
 
     def statement_of_reasons(self, s: Session, decision_id: str) -> dict[str, Any]:
         """One record a user notice or an auditor can read: detected, model, policy, context,
@@ -169,24 +172,38 @@ class ReviewService:
 
     # ---- verdicts --------------------------------------------------------------------------
     def decide(self, s: Session, *, item_id: int, reviewer_id: str, verdict: str,
-               categories: Sequence[str] = (), note: str = "") -> DecideResult:
+               categories: Sequence[str] = (), note: str = "", credential: str | None = None,
+               delegate: bool = False) -> DecideResult:
+        """Record a verdict.  `credential` is the door it came through (`key:7`, `oidc:…`,
+        `os:user@host`, `labelstudio:3`), `delegate` whether that door acts for the reviewer
+        rather than being theirs.  In-process callers that name no credential are trusted
+        code and get `direct:<reviewer_id>`.  One credential never supplies two verdicts of
+        one item (`review.same_credential`, and UNIQUE(item_id, credential) in the database):
+        the two-person rule needs two reviewers through two credentials."""
         return self.verdicts.decide(s, item_id=item_id, reviewer_id=reviewer_id,
-                                    verdict=verdict, categories=categories, note=note)
+                                    verdict=verdict, categories=categories, note=note,
+                                    credential=credential, delegate=delegate)
 
     def decide_bulk(self, s: Session, *, item_id: int, reviewer_id: str, verdict: str,
                     categories: Sequence[str] = (), note: str = "", group: str = "sha256",
                     burst_window: dt.timedelta = dt.timedelta(hours=1),
-                    limit: int = 200) -> list[DecideResult]:
+                    limit: int = 200, credential: str | None = None,
+                    delegate: bool = False) -> list[DecideResult]:
         """Decide `item_id` and every other open item of the same image (or the same
         account's burst) the reviewer could claim, with the same verdict (see
         `Bulk.decide_bulk`)."""
         return self.bulk.decide_bulk(s, item_id=item_id, reviewer_id=reviewer_id,
                                      verdict=verdict, categories=categories, note=note,
-                                     group=group, burst_window=burst_window, limit=limit)
+                                     group=group, burst_window=burst_window, limit=limit,
+                                     credential=credential, delegate=delegate)
 
     # ---- actions ---------------------------------------------------------------------------
-    def execute(self, s: Session, *, action_id: int, actor: str) -> Action:
-        return self.actions.execute(s, action_id=action_id, actor=actor)
+    def execute(self, s: Session, *, action_id: int, actor: str,
+                credential: str | None = None, delegate: bool = False) -> Action:
+        """Execute (or, for a reversal, reverse through) an approved, due action; the audit
+        events record `credential` (the CLI's operator account) when the caller names one."""
+        return self.actions.execute(s, action_id=action_id, actor=actor,
+                                    credential=credential, delegate=delegate)
 
     def execute_due(self, s: Session, *, actor: str = SYSTEM, limit: int = 100) -> list[Action]:
         """Execute every approved action that is due and whose decision no one is reviewing."""

@@ -11,9 +11,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from review import banks
-from review._core import SYSTEM, Core
+from review._core import SYSTEM, Core, credential_for
 from review.actions import Actions
-from review.errors import AlreadyDecided, NotClaimant, NotFound, ReviewError
+from review.errors import AlreadyDecided, NotClaimant, NotFound, ReviewError, SameCredential
 from review.reviewers import Reviewers
 from review.schema import Action, Appeal, ReviewItem, VerdictRow
 from review.states import (
@@ -52,12 +52,13 @@ class Verdicts:
         self.actions = actions
 
     def check(self, s: Session, item: ReviewItem, *, reviewer_id: str, verdict: str,
-              categories: Sequence[str], now: dt.datetime) -> Verdict:
+              categories: Sequence[str], now: dt.datetime,
+              credential: str | None = None) -> Verdict:
         """Every check a verdict on `item` must pass before anything is written, in this
         order: the reviewer is entitled to the queue, the verdict and its categories are
         valid, this reviewer has not decided the item (nor, for an appeal or an escalation,
-        the upload) before, and holds the item's lease.  `decide` and `decide_bulk` both
-        use it."""
+        the upload) before, no verdict on the item came through the same credential, and the
+        reviewer holds the item's lease.  `decide` and `decide_bulk` both use it."""
         self.reviewers.require_entitled(s, reviewer_id, item.queue)
         v = parse_verdict(verdict, categories)
         already = s.execute(
@@ -66,6 +67,13 @@ class Verdicts:
         ).scalar()
         if already is not None:
             raise AlreadyDecided()
+        door = credential_for(reviewer_id, credential)
+        if s.execute(
+            select(VerdictRow.id).where(VerdictRow.item_id == item.id,
+                                        VerdictRow.credential == door)
+        ).scalar() is not None:
+            # the database holds it too (uq_verdict_item_credential)
+            raise SameCredential()
         if item.kind in (ItemKind.APPEAL, ItemKind.ESCALATION) and s.execute(
             select(VerdictRow.id)
             .join(ReviewItem, ReviewItem.id == VerdictRow.item_id)
@@ -108,12 +116,16 @@ class Verdicts:
         verdict: str,
         categories: Sequence[str] = (),
         note: str = "",
+        credential: str | None = None,
+        delegate: bool = False,
     ) -> DecideResult:
+        """Record `reviewer_id`'s verdict, given through `credential` (see `credential_for`),
+        as a delegate acting for the reviewer when `delegate`."""
         core = self.core
         now = core.clock()
         item = self.locked_item(s, item_id)
         v = self.check(s, item, reviewer_id=reviewer_id, verdict=verdict,
-                       categories=categories, now=now)
+                       categories=categories, now=now, credential=credential)
         proposed = self._proposals(item, v, categories)
         row = VerdictRow(
             item_id=item_id,
@@ -123,6 +135,8 @@ class Verdicts:
             proposed_actions=[str(k) for k in proposed],
             note=note,
             created_at=now,
+            credential=credential_for(reviewer_id, credential),
+            via_delegate=delegate,
         )
         s.add(row)
         try:
@@ -133,7 +147,8 @@ class Verdicts:
             s, actor=reviewer_id, event="verdict.recorded", subject_type="review_item",
             subject_id=item_id,
             data={"verdict_id": row.id, "verdict": str(v), "categories": row.categories,
-                  "proposed_actions": row.proposed_actions},
+                  "proposed_actions": row.proposed_actions, "credential": row.credential,
+                  "delegate": delegate},
         )
         verdicts = s.execute(
             select(VerdictRow).where(VerdictRow.item_id == item_id).order_by(VerdictRow.id)
@@ -244,6 +259,9 @@ class Verdicts:
     ) -> list[Action]:
         core = self.core
         approvers = verdicts[-2:] if len(verdicts) >= 2 else verdicts[-1:]
+        if len(approvers) == 2 and approvers[0].credential == approvers[1].credential:
+            # unreachable past check() and uq_verdict_item_credential; kept as the last word
+            raise SameCredential()
         if item.kind == ItemKind.QA:
             if v in BENIGN:
                 self._clear(s, item, approvers[-1])
@@ -278,7 +296,9 @@ class Verdicts:
             s.flush()
             a = core.action_transition(
                 s, a.id, "approve", actor=approvers[-1].reviewer_id,
-                data={"approvers": [x.reviewer_id for x in approvers]},
+                data={"approvers": [x.reviewer_id for x in approvers],
+                      "credentials": [x.credential for x in approvers],
+                      "delegates": [x.via_delegate for x in approvers]},
             )
             out.append(self.actions.schedule(s, a))
         for a in open_.values():  # suggestions the reviewers did not confirm

@@ -27,6 +27,7 @@ from pipeline.api import previews as previews_api  # noqa: E402
 from pipeline.api.deps import ApiState  # noqa: E402
 from pipeline.api.middleware import ApiMiddleware, classify_limit  # noqa: E402
 from pipeline.apikeys import KeyVerifier, RateLimiter, SharedRateLimiter  # noqa: E402
+from pipeline.auth import oidc  # noqa: E402
 from pipeline.batching import ClassifyService  # noqa: E402
 from pipeline.learning.segments import (  # noqa: E402
     METRICS_WINDOW,
@@ -93,6 +94,10 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         verifier=KeyVerifier(settings.api_key_cache_s),
         limiter=rate_limiter(settings, rt),
         owns_runtime=runtime is None,
+        oidc=oidc.from_settings(settings.oidc_issuer, audience=settings.oidc_audience,
+                                jwks_url=settings.oidc_jwks_url,
+                                jwks_path=settings.oidc_jwks_path,
+                                reviewer_claim=settings.oidc_reviewer_claim),
     )
     app_metrics.watch_review_queues(lambda: _queue_stats(rt))
     app_metrics.watch_outbox(lambda: _outbox_backlog(rt))

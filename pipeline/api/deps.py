@@ -1,7 +1,10 @@
 """Dependencies of the routes, as `Annotated` aliases: the app's state, a database session (the
-route owns the transaction), the authenticated key with its scope, and the reviewer.
+route owns the transaction), the authenticated key with its scope, and the principal acting.
 
-Authentication, the rate limit and the scope check happen here once, not in each handler.
+Authentication, the rate limit and the scope check happen here once, not in each handler.  The
+review routes take a `Principal` (pipeline.auth): an API key (bound to a reviewer, or a
+delegate's) or, when OIDC is configured, a reviewer's bearer token; `acting` derives the
+reviewer from it, refusing an X-Reviewer the credential may not name.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pipeline.apikeys import (
     ApiKeyInfo,
     AuthInvalid,
     AuthMissing,
+    DelegateKeyRefused,
     Forbidden,
     KeyVerifier,
     RateLimited,
@@ -30,10 +34,13 @@ from pipeline.apikeys import (
     SharedRateLimiter,
     find_key,
 )
+from pipeline.auth.oidc import OidcVerifier, looks_like_jwt
+from pipeline.auth.principal import Principal
 from pipeline.batching import ClassifyService
 from pipeline.metrics import ApiMetrics
 from pipeline.runtime import Runtime
 from pipeline.settings import Settings
+from review import reviewer_is_active
 
 
 @dataclass
@@ -46,6 +53,8 @@ class ApiState:
     limiter: RateLimiter | SharedRateLimiter
     #: whether the app built the runtime (and so closes it)
     owns_runtime: bool
+    #: reviewers' bearer tokens, when an OIDC issuer is configured
+    oidc: OidcVerifier | None = None
 
     def now(self) -> dt.datetime:
         return self.rt.review.clock()
@@ -73,12 +82,8 @@ _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer lf_â€
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="`X-API-Key: lf_â€¦`")
 
 
-async def current_key(
-    request: Request,
-    state: StateDep,
-    _b: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    _h: Annotated[str | None, Depends(_header)],
-) -> ApiKeyInfo:
+def _presented(request: Request) -> str:
+    """The credential the request carries: X-API-Key, or the Authorization bearer value."""
     raw = request.headers.get("x-api-key")
     authorization = request.headers.get("authorization")
     if raw is None and authorization is not None:
@@ -88,6 +93,19 @@ async def current_key(
         raw = credentials.strip()
     if not raw:
         raise AuthMissing()
+    return raw
+
+
+async def current_key(
+    request: Request,
+    state: StateDep,
+    _b: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    _h: Annotated[str | None, Depends(_header)],
+) -> ApiKeyInfo:
+    return await _key_for(request, state, _presented(request))
+
+
+async def _key_for(request: Request, state: ApiState, raw: str) -> ApiKeyInfo:
     info = state.verifier.cached(raw)
     if info is None:
         info = await run_in_threadpool(_lookup, state, raw)
@@ -111,6 +129,36 @@ def _lookup(state: ApiState, raw: str) -> ApiKeyInfo | None:
         return find_key(s, raw)
 
 
+async def current_principal(
+    request: Request,
+    state: StateDep,
+    _b: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    _h: Annotated[str | None, Depends(_header)],
+) -> Principal:
+    """Who is calling: a bearer JWT when OIDC is configured (verified against the issuer's
+    JWKS; its reviewer must be registered and active), else an API key."""
+    raw = _presented(request)
+    if state.oidc is not None and looks_like_jwt(raw):
+        return await run_in_threadpool(_token_principal, state, state.oidc, raw)
+    who = (await _key_for(request, state, raw)).principal()
+    if who.allows(Scope.DELEGATE.value) and not state.settings.delegate_keys_allowed:
+        # made before production mode, or written into the database by hand
+        raise DelegateKeyRefused("Production does not accept delegate keys unless "
+                                 "LOOKFIRST_ALLOW_DELEGATE_KEYS is set.")
+    return who
+
+
+def _token_principal(state: ApiState, oidc: OidcVerifier, raw: str) -> Principal:
+    def known(reviewer_id: str) -> bool:
+        with state.rt.db.transaction() as s:
+            return reviewer_is_active(s, reviewer_id)
+
+    return oidc.authenticate(raw, reviewer_known=known)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
 CurrentKey = Annotated[ApiKeyInfo, Depends(current_key)]
 
 
@@ -127,27 +175,50 @@ def require(*scopes: Scope) -> Callable[[ApiKeyInfo], Coroutine[Any, Any, ApiKey
     return dependency
 
 
+def require_principal(*scopes: Scope) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:
+    """`require` for the routes that take a principal (a key or a reviewer's token)."""
+    names = " or ".join(s.value for s in scopes)
+
+    async def dependency(who: CurrentPrincipal) -> Principal:
+        if not any(who.allows(s.value) for s in scopes):
+            raise Forbidden(f"This endpoint needs a credential with the {names} scope.")
+        return who
+
+    dependency.__name__ = f"require_principal_{'_or_'.join(s.value for s in scopes)}"
+    return dependency
+
+
 ClassifyKey = Annotated[ApiKeyInfo, Depends(require(Scope.CLASSIFY))]
 ReviewKey = Annotated[ApiKeyInfo, Depends(require(Scope.REVIEW))]
 AppealKey = Annotated[ApiKeyInfo, Depends(require(Scope.APPEAL))]
 AdminKey = Annotated[ApiKeyInfo, Depends(require(Scope.ADMIN))]
+#: a reviewer's own key or token, or a delegate's key (see `acting`)
+ReviewPrincipal = Annotated[Principal, Depends(require_principal(Scope.REVIEW))]
 #: a decision's statement of reasons: the platform, its appeal front end and reviewers read it
 DecisionReader = Annotated[
-    ApiKeyInfo, Depends(require(Scope.CLASSIFY, Scope.APPEAL, Scope.REVIEW))
+    Principal, Depends(require_principal(Scope.CLASSIFY, Scope.APPEAL, Scope.REVIEW))
 ]
 
 XReviewer = Annotated[
     ReviewerId | None,
-    Header(alias="X-Reviewer", description="The reviewer acting through this review key.",
+    Header(alias="X-Reviewer",
+           description="The reviewer a delegate credential acts for (a reviewer's own key or "
+                       "token may only name its own reviewer).",
            examples=["dana"]),
 ]
 
 
-def reviewer(header: str | None, body: str | None = None) -> str:
-    """The reviewer from the X-Reviewer header or the body's `reviewer`; they must agree."""
+def acting(who: Principal, header: str | None, body: str | None = None) -> Principal:
+    """The principal acting, with its reviewer: a bound key's or a token's own (naming anyone
+    else is 403 `auth.reviewer_bound`), or the reviewer a delegate names in X-Reviewer or the
+    body's `reviewer` (they must agree; an unbound key without the delegate scope is 403
+    `auth.delegate_required`)."""
     if header and body and header != body:
         raise RequestInvalid("X-Reviewer and the body's reviewer name different people.")
-    who = header or body
-    if not who:
-        raise RequestInvalid("Name the reviewer: the X-Reviewer header or the body's reviewer.")
-    return who
+    return who.acting(header or body)
+
+
+def reviewer_of(who: Principal) -> str:
+    """The reviewer of a principal `acting` returned (it always has one)."""
+    assert who.reviewer is not None
+    return who.reviewer

@@ -16,7 +16,13 @@ from starlette.concurrency import run_in_threadpool
 
 from pipeline.api.errors import responses, status_for
 from pipeline.blobs import BlobError
-from pipeline.previews import LinkInvalid, render_preview, verify_link
+from pipeline.previews import (
+    LinkInvalid,
+    LinkMismatch,
+    link_credential,
+    render_preview,
+    verify_link,
+)
 from pipeline.runtime import Runtime
 from review import ReviewError, content_mime, item_content
 
@@ -39,7 +45,7 @@ def build_router(rt: Runtime) -> APIRouter:
     def _blob_for(claims_item: int, sha256: str) -> bytes:
         with rt.db.transaction() as s:
             if item_content(s, item_id=claims_item) != sha256:
-                raise LinkInvalid()
+                raise LinkMismatch()
         return rt.blobs.get(sha256)
 
     @router.get("/v1/previews/{token}", summary="Blurred greyscale preview (signed link)",
@@ -86,9 +92,12 @@ def build_router(rt: Runtime) -> APIRouter:
         def reveal() -> tuple[bytes, str]:
             with rt.db.transaction() as s:
                 if item_content(s, item_id=claims.item_id) != claims.sha256:
-                    raise LinkInvalid()
+                    raise LinkMismatch()
+                # the link is the credential (possession, until it expires); the reviewer is
+                # the one the form names, so the event marks it as acting for them
                 rt.review.record_reveal(s, item_id=claims.item_id, reviewer_id=reviewer,
-                                        reason=reason)
+                                        reason=reason, credential=link_credential(token),
+                                        delegate=True)
                 mime = content_mime(s, sha256=claims.sha256) or "application/octet-stream"
             return rt.blobs.get(claims.sha256), mime
 

@@ -1,6 +1,9 @@
 """The review queue over HTTP, for reviewer tools and UIs: the same service and rules as the
-CLI (`lookfirst review ...`).  A `review`-scoped key is trusted tooling that names the reviewer
-acting (X-Reviewer or the body's `reviewer`); entitlement to queues is the service's."""
+CLI (`lookfirst review ...`).  The reviewer acting comes from the credential: a reviewer's own
+key (`keys create --reviewer`) or OIDC token acts as that reviewer; a `delegate` key (a console
+behind the platform's login) names the reviewer it acts for (X-Reviewer or the body's
+`reviewer`).  Each verdict records the credential, and one credential never supplies two
+verdicts of one item.  Entitlement to queues is the service's."""
 
 from __future__ import annotations
 
@@ -8,7 +11,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
-from pipeline.api.deps import ReviewKey, SessionDep, StateDep, XReviewer, reviewer
+from pipeline.api.deps import (
+    ReviewPrincipal,
+    SessionDep,
+    StateDep,
+    XReviewer,
+    acting,
+    reviewer_of,
+)
 from pipeline.api.errors import AUTH_ERRORS, responses
 from pipeline.api.schemas import (
     ClaimBatchCreate,
@@ -37,7 +47,7 @@ ItemPath = Annotated[int, Path(ge=1, le=2**31 - 1)]
     responses=responses(*AUTH_ERRORS, 409),
 )
 def list_items(
-    _key: ReviewKey,
+    key: ReviewPrincipal,
     state: StateDep,
     s: SessionDep,
     x_reviewer: XReviewer = None,
@@ -47,7 +57,7 @@ def list_items(
 ) -> list[dict[str, Any]]:
     """Only the queues the reviewer is entitled to; open items unless `status` says otherwise;
     other reviewers' verdicts stay hidden while an item is open."""
-    who = reviewer(x_reviewer)
+    who = reviewer_of(acting(key, x_reviewer))
     statuses = list(status) if status else sorted(OPEN_ITEM_STATUSES)
     items = state.rt.review.list_items(s, viewer=who, queue=queue, statuses=statuses,
                                        limit=limit)
@@ -61,10 +71,10 @@ def list_items(
     responses=responses(*AUTH_ERRORS, 404),
 )
 def show_item(
-    item_id: ItemPath, _key: ReviewKey, state: StateDep, s: SessionDep,
+    item_id: ItemPath, key: ReviewPrincipal, state: StateDep, s: SessionDep,
     x_reviewer: XReviewer = None,
 ) -> dict[str, Any]:
-    return state.rt.review.show(s, item_id, viewer=reviewer(x_reviewer)).as_dict()
+    return state.rt.review.show(s, item_id, viewer=reviewer_of(acting(key, x_reviewer))).as_dict()
 
 
 @router.post(
@@ -74,13 +84,13 @@ def show_item(
     responses=responses(*AUTH_ERRORS, 404, 409),
 )
 def claim(
-    _key: ReviewKey, state: StateDep, x_reviewer: XReviewer = None,
+    key: ReviewPrincipal, state: StateDep, x_reviewer: XReviewer = None,
     body: ClaimCreate | None = None,
 ) -> dict[str, Any]:
     """Priority, then deadline, then age.  Appeals and escalations go only to someone who did
     not decide the upload before; severe queues count against the reviewer's exposure cap."""
     body = body or ClaimCreate()
-    who = reviewer(x_reviewer, body.reviewer)
+    who = reviewer_of(acting(key, x_reviewer, body.reviewer))
     # the claim desk owns its transaction: on PostgreSQL the claim is one statement
     view = state.rt.desk.claim(reviewer_id=who, queue=body.queue, item_id=body.item_id)
     return view.as_dict()
@@ -93,13 +103,13 @@ def claim(
     responses=responses(*AUTH_ERRORS, 404, 409),
 )
 def claim_batch(
-    body: ClaimBatchCreate, _key: ReviewKey, state: StateDep, x_reviewer: XReviewer = None,
+    body: ClaimBatchCreate, key: ReviewPrincipal, state: StateDep, x_reviewer: XReviewer = None,
 ) -> dict[str, Any]:
     """For a reviewer's tool that prefetches its next items: the most urgent `count` items the
     reviewer may take, in claim order, in one transaction.  Each item has its own lease (renew
     or release it like any other) and its own audit event; exposure caps still count per item.
     404 `review.queue_empty` when there is none."""
-    who = reviewer(x_reviewer, body.reviewer)
+    who = reviewer_of(acting(key, x_reviewer, body.reviewer))
     views = state.rt.desk.claim_many(reviewer_id=who, queue=body.queue, limit=body.count)
     return {"items": [v.as_dict() for v in views]}
 
@@ -111,14 +121,16 @@ def claim_batch(
     responses=responses(*AUTH_ERRORS, 400, 404, 409),
 )
 def verdict(
-    item_id: ItemPath, body: VerdictCreate, _key: ReviewKey, state: StateDep, s: SessionDep,
+    item_id: ItemPath, body: VerdictCreate, key: ReviewPrincipal, state: StateDep, s: SessionDep,
     x_reviewer: XReviewer = None,
 ) -> VerdictResultPublic:
     """The policy turns a verdict into proposed actions; irreversible ones wait for a second
     reviewer who agrees."""
-    who = reviewer(x_reviewer, body.reviewer)
-    res = state.rt.review.decide(s, item_id=item_id, reviewer_id=who, verdict=body.verdict,
-                                 categories=body.categories, note=body.note)
+    who = acting(key, x_reviewer, body.reviewer)
+    res = state.rt.review.decide(s, item_id=item_id, reviewer_id=reviewer_of(who),
+                                 verdict=body.verdict, categories=body.categories,
+                                 note=body.note, credential=who.credential,
+                                 delegate=who.delegate)
     return VerdictResultPublic.model_validate({
         "item_id": res.item_id, "status": str(res.status), "verdict_id": res.verdict_id,
         "actions": res.actions, "escalated_to": res.escalated_to,
@@ -132,10 +144,10 @@ def verdict(
     responses=responses(*AUTH_ERRORS, 404, 409),
 )
 def release(
-    item_id: ItemPath, _key: ReviewKey, state: StateDep, s: SessionDep,
+    item_id: ItemPath, key: ReviewPrincipal, state: StateDep, s: SessionDep,
     x_reviewer: XReviewer = None, body: ReleaseCreate | None = None,
 ) -> ReleasePublic:
-    who = reviewer(x_reviewer, body.reviewer if body else None)
+    who = reviewer_of(acting(key, x_reviewer, body.reviewer if body else None))
     state.rt.review.release(s, item_id=item_id, reviewer_id=who)
     return ReleasePublic(item_id=item_id, released=True)
 
@@ -146,6 +158,6 @@ def release(
     summary="Depth, claims, oldest age and SLA breaches per queue",
     responses=responses(*AUTH_ERRORS),
 )
-def stats(_key: ReviewKey, state: StateDep, s: SessionDep) -> list[dict[str, Any]]:
+def stats(_key: ReviewPrincipal, state: StateDep, s: SessionDep) -> list[dict[str, Any]]:
     return state.rt.review.stats(s)
 

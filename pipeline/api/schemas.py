@@ -90,6 +90,8 @@ class VerdictPublic(_Public):
     at: dt.datetime
     #: for an escalation: the item whose reviewers disagreed
     from_item: int | None = None
+    #: recorded through a delegate (a console, the CLI) acting for the reviewer (issue 16)
+    via_delegate: bool | None = None
 
 
 class ReviewRecord(_Public):
@@ -266,8 +268,10 @@ class QueueStatsPublic(_Public):
 # ---- keys ----------------------------------------------------------------------------------------
 class KeyCreate(_Request):
     name: Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"\S")]
-    scopes: Annotated[list[Scope], Field(min_length=1, max_length=4)]
+    scopes: Annotated[list[Scope], Field(min_length=1, max_length=5)]
     rate_per_minute: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    #: the reviewer the key belongs to: it acts as them, and names no one else
+    reviewer: ReviewerId | None = None
 
 
 class KeyPublic(_Public):
@@ -278,6 +282,7 @@ class KeyPublic(_Public):
     rate_per_minute: int | None
     created_at: dt.datetime
     revoked_at: dt.datetime | None
+    reviewer: str | None = None
 
 
 class KeyCreatedPublic(KeyPublic):

@@ -16,6 +16,7 @@ __all__ = [
     "JwksUnavailable",
     "ReviewerBound",
     "ReviewerRequired",
+    "SameOperator",
     "TokenAlgorithm",
     "TokenAudience",
     "TokenClaims",
@@ -124,3 +125,10 @@ class ReviewerRequired(PipelineError):
 
     code = "auth.reviewer_required"
     kind = ErrorKind.UNPROCESSABLE
+
+
+class SameOperator(Forbidden):
+    """This operator account (or a shared role account) already supplied a verdict on this
+    item: the second of two people must confirm from another operator account."""
+
+    code = "auth.same_operator"

@@ -47,6 +47,7 @@ from pipeline.errors import ConfigurationError
 
 __all__ = [
     "ALGORITHMS",
+    "from_settings",
     "JwksCache",
     "OidcConfig",
     "OidcVerifier",
@@ -371,6 +372,21 @@ class OidcVerifier:
         return VerifiedToken(issuer=claims["iss"], subject=claims["sub"], reviewer_id=reviewer,
                              token_id=jti, expires_at=int(claims["exp"]), key_id=kid,
                              algorithm=alg)
+
+
+def from_settings(
+    issuer: str | None, *, audience: str | None, jwks_url: str | None,
+    jwks_path: Path | None, reviewer_claim: str,
+) -> OidcVerifier | None:
+    """The verifier the settings ask for (LOOKFIRST_OIDC_*), or None when no issuer is set;
+    a half-made configuration is a ConfigurationError, never a silently open door."""
+    if issuer is None:
+        if audience or jwks_url or jwks_path:
+            raise ConfigurationError("LOOKFIRST_OIDC_ISSUER is not set, but other OIDC "
+                                     "settings are")
+        return None
+    return OidcVerifier(OidcConfig(issuer=issuer, audience=audience or "", jwks_url=jwks_url,
+                                   jwks_path=jwks_path, reviewer_claim=reviewer_claim))
 
 
 def _refusal(exc: Exception) -> TokenInvalid:

@@ -12,13 +12,15 @@ import hashlib
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from pipeline.auth.errors import SameOperator
 from pipeline.auth.principal import Principal, PrincipalKind
 
-__all__ = ["OPERATOR_SCOPES", "Operator", "current"]
+__all__ = ["OPERATOR_SCOPES", "Operator", "current", "from_credential",
+           "require_another_person"]
 
 #: an operator can do everything the API can, and act for any reviewer it names (marked as a
 #: delegate); acting for someone is what `review decide --reviewer` does
@@ -68,6 +70,26 @@ class Operator:
         account.  The rule for "a second operator confirms"."""
         return (self.person.casefold() == other.person.casefold()
                 or self.shared or other.shared)
+
+
+def from_credential(credential: str) -> Operator | None:
+    """The operator an `os:<person>@<host>` credential names (None for any other credential);
+    enough to compare people, nothing more (no uid)."""
+    kind, _, rest = credential.partition(":")
+    person, at, host = rest.rpartition("@")
+    if kind != "os" or not at or not person:
+        return None
+    return Operator(user=person, uid=-1, host=host)
+
+
+def require_another_person(me: Operator, credentials: Iterable[str]) -> None:
+    """Refuse (`auth.same_operator`) when an earlier verdict on the item came from an operator
+    who may be the same person as `me`: the same account name on any host, or a shared role
+    account on either side.  The database's UNIQUE(item_id, credential) only sees hosts."""
+    for c in credentials:
+        other = from_credential(c)
+        if other is not None and me.same_person_as(other):
+            raise SameOperator()
 
 
 def current(environ: Mapping[str, str] | None = None) -> Operator:

@@ -146,11 +146,12 @@ class Principal:
     def acting(self, named: str | None) -> Principal:
         """Who acts, given the reviewer a request names (X-Reviewer or the body's `reviewer`).
 
-        A bound credential acts as its reviewer and may name no one (not even itself: the
-        name would suggest it matters).  An unbound credential needs the delegate scope to act
-        for the reviewer it names; the result is marked `delegate`.  Anything else is refused."""
+        A bound credential acts as its reviewer and may name no one else (naming itself grants
+        nothing, and reviewer tools that always send X-Reviewer keep working).  An unbound
+        credential needs the delegate scope to act for the reviewer it names; the result is
+        marked `delegate`.  Anything else is refused."""
         if self.reviewer is not None:
-            if named is not None and (self.bound or named != self.reviewer):
+            if named is not None and named != self.reviewer:
                 raise ReviewerBound()
             return self
         if not self.allows(DELEGATE):

@@ -42,11 +42,15 @@ def actions_execute(
     actor: Annotated[str, typer.Option(help="Who runs the executor.")] = "cli:executor",
     as_json: JsonOpt = False,
 ) -> int:
-    """Execute approved actions (through the outbox).  A proposal is refused."""
+    """Execute approved actions (through the outbox).  A proposal is refused.  The audit
+    events record this operator account (`os:user@host`)."""
+    from pipeline.auth import operator
+
     rt = runtime()
     with rt.db.transaction() as s:
         if action is not None:
-            done = [rt.review.execute(s, action_id=action, actor=actor)]
+            done = [rt.review.execute(s, action_id=action, actor=actor,
+                                      credential=operator.current().credential)]
         else:
             done = rt.review.execute_due(s, actor=actor)
         rows = [{"id": a.id, "kind": a.kind, "status": a.status} for a in done]

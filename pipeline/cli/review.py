@@ -117,11 +117,19 @@ def review_decide(
     note: Annotated[str, typer.Option(help="The reviewer's note.")] = "",
     as_json: JsonOpt = False,
 ) -> int:
-    """Record a verdict; the policy turns it into proposed/approved actions."""
+    """Record a verdict; the policy turns it into proposed/approved actions.  It is recorded
+    through this operator account (`os:user@host`, as a delegate for --reviewer): one operator
+    account supplies at most one verdict of a two-person item."""
+    from pipeline.auth import operator
+    from review import verdict_credentials
+
     rt = runtime()
+    op = operator.current()  # acts for --reviewer, as a delegate, through its own account
     with rt.db.transaction() as s:
+        operator.require_another_person(op, verdict_credentials(s, item_id=item))
         res = rt.review.decide(s, item_id=item, reviewer_id=reviewer, verdict=verdict,
-                               categories=category or [], note=note)
+                               categories=category or [], note=note,
+                               credential=op.credential, delegate=True)
     d = {"item": res.item_id, "status": str(res.status), "verdict_id": res.verdict_id,
          "actions": res.actions, "escalated_to": res.escalated_to}
     if as_json:
@@ -243,12 +251,18 @@ def review_decide_bulk(
 ) -> int:
     """Decide ITEM and every other open item you may claim with the same image (or from the
     same account's burst) with one verdict; two-person items get your one verdict each."""
+    from pipeline.auth import operator
+    from review import verdict_credentials
+
     rt = runtime()
+    op = operator.current()  # acts for --reviewer, as a delegate, through its own account
     with rt.db.transaction() as s:
+        operator.require_another_person(op, verdict_credentials(s, item_id=item))
         results = rt.review.decide_bulk(
             s, item_id=item, reviewer_id=reviewer, verdict=verdict,
             categories=category or [], note=note, group=_GROUP[by],
             burst_window=dt.timedelta(minutes=window_minutes), limit=limit,
+            credential=op.credential, delegate=True,
         )
     items: list[dict[str, Any]] = [
         {"item": r.item_id, "status": str(r.status), "verdict_id": r.verdict_id,

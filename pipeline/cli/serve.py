@@ -84,25 +84,32 @@ def serve(
 @keys_app.command("create")
 @guarded
 def keys_create(
-    scope: Annotated[list[str], typer.Option(help="classify | review | appeal | admin; "
-                                                  "repeatable.")],
+    scope: Annotated[list[str], typer.Option(help="classify | review | appeal | admin | "
+                                                  "delegate; repeatable.")],
     name: Annotated[str, typer.Option(help="Who or what uses it.")] = "api-key",
+    reviewer: Annotated[str | None, typer.Option(
+        help="The reviewer the key belongs to: it acts as them only.")] = None,
     rate_per_minute: Annotated[int | None, typer.Option(help="Its rate limit (default: "
                                                              "the server's).")] = None,
     as_json: JsonOpt = False,
 ) -> int:
     """Create an API key and print it once: only its sha256 is stored."""
     from pipeline.apikeys import create_key
+    from pipeline.auth import operator
 
     rt = runtime()
     with rt.db.transaction() as s:
-        info, raw = create_key(s, name=name, scopes=scope,
-                               rate_per_minute=rate_per_minute, now=rt.review.clock())
+        info, raw = create_key(s, name=name, scopes=scope, reviewer=reviewer,
+                               rate_per_minute=rate_per_minute, now=rt.review.clock(),
+                               allow_delegate=rt.settings.delegate_keys_allowed,
+                               by=operator.current().principal())
     if as_json:
         emit({**info.as_dict(), "key": raw}, True)
     else:
         out.print(f"created key {info.id} ({info.name}, prefix {info.prefix}, scopes "
-                  f"{', '.join(sorted(info.scopes))}); it is shown only now:",
+                  f"{', '.join(sorted(info.scopes))}"
+                  + (f", reviewer {info.reviewer_id}" if info.reviewer_id else "")
+                  + "); it is shown only now:",
                   highlight=False)
         sys.stdout.write(raw + "\n")
     return Exit.OK
@@ -111,7 +118,8 @@ def keys_create(
 @keys_app.command("list")
 @guarded
 def keys_list(as_json: JsonOpt = False) -> int:
-    """List keys: id, name, prefix, scopes, rate, created, revoked (never the keys)."""
+    """List keys: id, name, prefix, scopes, reviewer, rate, created, revoked (never the
+    keys)."""
     from rich.table import Table
 
     from pipeline.apikeys import list_keys
@@ -122,10 +130,11 @@ def keys_list(as_json: JsonOpt = False) -> int:
     if as_json:
         emit(rows, True)
         return Exit.OK
-    t = Table("id", "name", "prefix", "scopes", "rate/min", "created", "revoked")
+    t = Table("id", "name", "prefix", "scopes", "reviewer", "rate/min", "created", "revoked")
     for r in rows:
         t.add_row(str(r["id"]), str(r["name"]), str(r["prefix"]),
                   ", ".join(r["scopes"]),  # type: ignore[arg-type]
+                  str(r["reviewer"] or "-"),
                   str(r["rate_per_minute"] or "default"), str(r["created_at"])[:19],
                   str(r["revoked_at"] or "")[:19])
     out.print(t)
@@ -137,9 +146,11 @@ def keys_list(as_json: JsonOpt = False) -> int:
 def keys_revoke(key_id: int, as_json: JsonOpt = False) -> int:
     """Revoke a key (servers stop accepting it within LOOKFIRST_API_KEY_CACHE_S)."""
     from pipeline.apikeys import revoke_key
+    from pipeline.auth import operator
 
     rt = runtime()
     with rt.db.transaction() as s:
-        info = revoke_key(s, key_id=key_id, now=rt.review.clock())
+        info = revoke_key(s, key_id=key_id, now=rt.review.clock(),
+                          by=operator.current().principal())
     emit(info.as_dict(), as_json)
     return Exit.OK

@@ -297,8 +297,10 @@ class LabelStudioSync:
                     note = form.notes
                     if form.proposed_action and form.proposed_action != AS_POLICY:
                         note = (f"{note}\n[reviewer proposed: {form.proposed_action}]").strip()
+                    # Label Studio authenticated the user; the verdict's door is their account
                     res = svc.decide(s, item_id=item_id, reviewer_id=reviewer,
-                                     verdict=form.verdict, categories=form.categories, note=note)
+                                     verdict=form.verdict, categories=form.categories, note=note,
+                                     credential=f"labelstudio:{ls_user}")
                     record_labelstudio_annotation(
                         s, annotation_id=ann_id, task_id=task_id, item_id=item_id,
                         ls_user_id=ls_user, reviewer_id=reviewer, status="recorded", code=None,

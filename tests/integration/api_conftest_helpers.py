@@ -113,16 +113,18 @@ class ApiServer:
     def db_url(self) -> str:
         return f"sqlite:///{(self.data_dir / 'lookfirst.db').resolve()}"
 
-    def key(self, *scopes: str, rate_per_minute: int | None = None, name: str = "test") -> str:
-        """An API key with these scopes, made in the server's database (as `keys create` does)."""
-        cache_key = (*sorted(scopes), str(rate_per_minute), name)
+    def key(self, *scopes: str, rate_per_minute: int | None = None, name: str = "test",
+            reviewer: str | None = None) -> str:
+        """An API key with these scopes, made in the server's database (as `keys create` does);
+        with `reviewer`, that reviewer's own key."""
+        cache_key = (*sorted(scopes), str(rate_per_minute), name, str(reviewer))
         if cache_key not in self._keys:
             self._keys[cache_key] = self.new_key(*scopes, rate_per_minute=rate_per_minute,
-                                                 name=name)
+                                                 name=name, reviewer=reviewer)
         return self._keys[cache_key]
 
     def new_key(self, *scopes: str, rate_per_minute: int | None = None,
-                name: str = "test") -> str:
+                name: str = "test", reviewer: str | None = None) -> str:
         from pipeline.apikeys import create_key
         from review.db import Database
         from review.service import utcnow
@@ -131,7 +133,7 @@ class ApiServer:
         try:
             with db.transaction() as s:
                 _, raw = create_key(s, name=name, scopes=scopes, rate_per_minute=rate_per_minute,
-                                    now=utcnow())
+                                    now=utcnow(), reviewer=reviewer, allow_delegate=True)
         finally:
             db.dispose()
         return raw

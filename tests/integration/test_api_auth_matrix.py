@@ -29,34 +29,39 @@ pytestmark = pytest.mark.api_server(
     env={"LOOKFIRST_API_RATE_PER_MINUTE": "10000000", "LOOKFIRST_API_KEY_CACHE_S": "0"},
 )
 
-COLUMNS: Final = ("none", "invalid", "revoked", "classify", "review", "appeal", "admin")
+# "review" is dana's own key (`keys create --reviewer dana --scope review`); "delegate" a console's
+# key (review and delegate scopes) that names dana in X-Reviewer.  Admin does not imply delegate:
+# an admin key naming a reviewer is refused (403 auth.delegate_required).
+COLUMNS: Final = ("none", "invalid", "revoked", "classify", "review", "appeal", "admin",
+                  "delegate")
 
-# route (method, template)                      none invalid revoked classify review appeal admin
+# route (method, template)            none invalid revoked classify review appeal admin delegate
 MATRIX: Final[list[tuple[str, str, tuple[int, ...]]]] = [
-    ("POST", "/v1/classify",                      (401, 401, 401, 200, 403, 403, 200)),
-    ("GET", "/v1/decisions/{decision_id}",        (401, 401, 401, 200, 200, 200, 200)),
-    ("POST", "/v1/decisions/{decision_id}/context", (401, 401, 401, 403, 403, 201, 201)),
-    ("POST", "/v1/appeals",                       (401, 401, 401, 403, 403, 201, 201)),
-    ("GET", "/v1/review/items",                   (401, 401, 401, 403, 200, 403, 200)),
-    ("GET", "/v1/review/items/{item_id}",         (401, 401, 401, 403, 200, 403, 200)),
-    ("POST", "/v1/review/claim",                  (401, 401, 401, 403, 200, 403, 200)),
-    ("POST", "/v1/review/claims",                 (401, 401, 401, 403, 200, 403, 200)),
-    ("POST", "/v1/review/items/{item_id}/verdict", (401, 401, 401, 403, 200, 403, 200)),
-    ("POST", "/v1/review/items/{item_id}/release", (401, 401, 401, 403, 200, 403, 200)),
-    ("GET", "/v1/review/stats",                   (401, 401, 401, 403, 200, 403, 200)),
-    ("GET", "/v1/keys",                           (401, 401, 401, 403, 403, 403, 200)),
-    ("POST", "/v1/keys",                          (401, 401, 401, 403, 403, 403, 201)),
-    ("POST", "/v1/keys/{key_id}/revoke",          (401, 401, 401, 403, 403, 403, 200)),
+    ("POST", "/v1/classify",                      (401, 401, 401, 200, 403, 403, 200, 403)),
+    ("GET", "/v1/decisions/{decision_id}",        (401, 401, 401, 200, 200, 200, 200, 200)),
+    ("POST", "/v1/decisions/{decision_id}/context", (401, 401, 401, 403, 403, 201, 201, 403)),
+    ("POST", "/v1/appeals",                       (401, 401, 401, 403, 403, 201, 201, 403)),
+    ("GET", "/v1/review/items",                   (401, 401, 401, 403, 200, 403, 403, 200)),
+    ("GET", "/v1/review/items/{item_id}",         (401, 401, 401, 403, 200, 403, 403, 200)),
+    ("POST", "/v1/review/claim",                  (401, 401, 401, 403, 200, 403, 403, 200)),
+    ("POST", "/v1/review/claims",                 (401, 401, 401, 403, 200, 403, 403, 200)),
+    ("POST", "/v1/review/items/{item_id}/verdict", (401, 401, 401, 403, 200, 403, 403, 200)),
+    ("POST", "/v1/review/items/{item_id}/release", (401, 401, 401, 403, 200, 403, 403, 200)),
+    ("GET", "/v1/review/stats",                   (401, 401, 401, 403, 200, 403, 200, 200)),
+    ("GET", "/v1/keys",                           (401, 401, 401, 403, 403, 403, 200, 403)),
+    ("POST", "/v1/keys",                          (401, 401, 401, 403, 403, 403, 201, 403)),
+    ("POST", "/v1/keys/{key_id}/revoke",          (401, 401, 401, 403, 403, 403, 200, 403)),
     # a signed, expiring link is the credential here; an API key neither grants nor refuses
-    ("GET", "/v1/previews/{token}",               (200, 200, 200, 200, 200, 200, 200)),
-    ("GET", "/v1/originals/{token}",              (200, 200, 200, 200, 200, 200, 200)),
-    ("GET", "/health/live",                       (200, 200, 200, 200, 200, 200, 200)),
-    ("GET", "/health/ready",                      (200, 200, 200, 200, 200, 200, 200)),
-    ("GET", "/metrics",                           (200, 200, 200, 200, 200, 200, 200)),
-    ("GET", "/openapi.json",                      (200, 200, 200, 200, 200, 200, 200)),
-    ("GET", "/docs",                              (200, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/v1/previews/{token}",               (200, 200, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/v1/originals/{token}",              (200, 200, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/health/live",                       (200, 200, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/health/ready",                      (200, 200, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/metrics",                           (200, 200, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/openapi.json",                      (200, 200, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/docs",                              (200, 200, 200, 200, 200, 200, 200, 200)),
 ]
-CODES: Final = {401: ("auth.missing", "auth.invalid"), 403: ("auth.forbidden",)}
+CODES: Final = {401: ("auth.missing", "auth.invalid"),
+                 403: ("auth.forbidden", "auth.delegate_required")}
 
 
 def _red_png() -> bytes:
@@ -84,6 +89,8 @@ class Fixtures:
     def __init__(self, api: ApiServer) -> None:
         self.api = api
         self.admin = api.client(api.key("admin"))
+        #: a console's delegate key, for the acts that prepare a cell as dana
+        self.desk = api.client(api.key("review", "delegate", name="desk"))
 
     def held(self) -> dict[str, Any]:
         """A fresh upload the policy held: its decision is appealable, its item claimable."""
@@ -94,15 +101,15 @@ class Fixtures:
 
     def claimed_by_dana(self) -> int:
         item = int(self.held()["review_item_id"])
-        r = self.admin.post("/v1/review/claim", headers=DANA, json={"item_id": item})
+        r = self.desk.post("/v1/review/claim", headers=DANA, json={"item_id": item})
         assert r.status_code == 200, r.text
         return item
 
     def noticed(self) -> str:
         """A decision whose approved suspension waits out its notice period for the user's reply."""
         d = self.held()
-        self.admin.post("/v1/review/claim", headers=DANA, json={"item_id": d["review_item_id"]})
-        r = self.admin.post(f"/v1/review/items/{d['review_item_id']}/verdict", headers=DANA,
+        self.desk.post("/v1/review/claim", headers=DANA, json={"item_id": d["review_item_id"]})
+        r = self.desk.post(f"/v1/review/items/{d['review_item_id']}/verdict", headers=DANA,
                             json={"verdict": "violating", "categories": ["nudity.explicit"]})
         assert r.status_code == 200, r.text
         assert "notified" in {a["status"] for a in r.json()["actions"]}, r.text
@@ -165,6 +172,7 @@ def fixtures(api: ApiServer) -> Iterator[Fixtures]:
     f = Fixtures(api)
     yield f
     f.admin.close()
+    f.desk.close()
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +182,11 @@ def credentials(api: ApiServer, fixtures: Fixtures) -> dict[str, dict[str, str]]
     revoked_id = next(k["id"] for k in listed if k["name"] == "revoked")
     assert fixtures.admin.post(f"/v1/keys/{revoked_id}/revoke").status_code == 200
     bearer = {c: {"Authorization": f"Bearer {api.key(c, name=f'matrix-{c}')}"}
-              for c in ("classify", "review", "appeal", "admin")}
+              for c in ("classify", "appeal", "admin")}
+    bearer["review"] = {"Authorization": "Bearer " + api.key("review", name="matrix-dana",
+                                                             reviewer="dana")}
+    bearer["delegate"] = {"Authorization": "Bearer " + api.key("review", "delegate",
+                                                               name="matrix-delegate")}
     return {
         "none": {},
         "invalid": {"Authorization": "Bearer lf_abcdefgh_" + "A" * 43},

@@ -58,7 +58,7 @@ def test_false_positive_rate_on_metrics_and_in_review_stats(
         (True, "violating"), (False, "benign"), (False, "violating"), (False, "violating"),
     ]
     mia = {"X-Reviewer": "mia"}
-    with api.client(api.key("classify")) as c, api.client(api.key("review")) as r:
+    with api.client(api.key("classify")) as c, api.client(api.key("review", reviewer="mia")) as r:
         # before any verdict: counts are zero, and a rate with nothing decided is absent
         text = httpx.get(f"{api.url}/metrics").text
         assert metric(text, "lookfirst_review_flagged_decided", "all") == 0

@@ -80,6 +80,9 @@ STEPS = [dt.timedelta(minutes=5), dt.timedelta(minutes=16), dt.timedelta(hours=9
 #: three times as often as 15 did, for about 1.5 times the time
 STEP_COUNT = 20
 PAST_PROPOSED = ("approved", "notified", "executed", "reversed")
+#: the doors a verdict comes through (issue 16): the reviewer's own (None: `direct:<reviewer>`),
+#: or one console's delegate key and one operator account that act for whoever they name
+DOORS: list[str | None] = [None, None, None, "key:console", "os:ops@host"]
 BENIGN = ("benign", "benign_medical")
 
 
@@ -141,6 +144,10 @@ COVERAGE = {
     "reversal executed": "SELECT count(*) FROM action WHERE reverses_action_id IS NOT NULL "
                          "AND status = 'executed'",
     "context re-review": "SELECT count(*) FROM review_item WHERE kind = 'context'",
+    "two-person approval with a delegate": (
+        "SELECT count(*) FROM action a JOIN verdict v ON v.id IN (a.approver_1_verdict_id, "
+        "a.approver_2_verdict_id) WHERE a.irreversible AND v.via_delegate "
+        "AND a.status IN ('approved', 'notified', 'executed', 'reversed')"),
 }
 
 
@@ -177,6 +184,8 @@ class ReviewWorkflow(RuleBasedStateMachine):
                 out = fn(s)
         except ReviewError as e:
             event(f"{label} refused: {e.code}")
+            if e.code == "review.same_credential":
+                SEEN["one credential refused a second verdict"] += 1
             return None
         self.dirty = True
         return out
@@ -230,8 +239,9 @@ class ReviewWorkflow(RuleBasedStateMachine):
         item = s.get(ReviewItem, item_id)
         assert item is not None
         verdict, cats = self._verdict(data, s, item)
+        door = data.draw(st.sampled_from(DOORS), label="credential")
         res = self.svc.decide(s, item_id=item_id, reviewer_id=reviewer, verdict=verdict,
-                              categories=cats)
+                              categories=cats, credential=door, delegate=door is not None)
         event(f"decide -> {res.status}")
 
     @precondition(lambda self: self.state["open"] > 0)
@@ -405,7 +415,8 @@ ACTIONS_SQL = text(
     "a.approver_1, a.approver_2, a.reverses_action_id, a.not_before, a.executed_at, "
     "d.created_at AS decided_at, d.outcome, i.kind AS item_kind, "
     "v1.reviewer_id AS r1, v1.verdict AS verdict_1, v1.item_id AS item_1, i1.queue AS queue_1, "
-    "v2.reviewer_id AS r2, v2.verdict AS verdict_2, v2.item_id AS item_2, i2.queue AS queue_2 "
+    "v2.reviewer_id AS r2, v2.verdict AS verdict_2, v2.item_id AS item_2, i2.queue AS queue_2, "
+    "v1.credential AS c1, v2.credential AS c2 "
     "FROM action a JOIN decision d ON d.id = a.decision_id "
     "LEFT JOIN review_item i ON i.id = a.item_id "
     "LEFT JOIN verdict v1 ON v1.id = a.approver_1_verdict_id "
@@ -442,6 +453,8 @@ def check_invariants(s: Session, *, now: dt.datetime, appeal_window: dt.timedelt
         if past and a["irreversible"]:
             # invariant 2: two distinct people, each violating, on the item that approved it
             assert a["r1"] is not None and a["r2"] is not None and a["r1"] != a["r2"], where
+            # ...through two distinct credentials (issue 16): one door is never two people
+            assert a["c1"] is not None and a["c2"] is not None and a["c1"] != a["c2"], where
             assert a["verdict_1"] == a["verdict_2"] == "violating", where
             assert a["item_1"] == a["item_2"] == a["item_id"], where
             assert a["queue_2"] in ENTITLED[a["r2"]], where
@@ -478,6 +491,12 @@ def check_invariants(s: Session, *, now: dt.datetime, appeal_window: dt.timedelt
         "JOIN verdict v2 ON v2.item_id = i2.id AND v2.reviewer_id = v.reviewer_id "
         "AND v2.id < v.id WHERE i.kind IN ('appeal', 'escalation')")).all()
     assert again == [], again
+
+    # issue 16: no credential ever supplied two verdicts of one item
+    shared = s.execute(text(
+        "SELECT item_id, credential, count(*) FROM verdict GROUP BY item_id, credential "
+        "HAVING count(*) > 1")).all()
+    assert shared == [], shared
 
     # invariant 3, the record: the audit chain verifies after every step
     report = audit.verify(s)
@@ -552,14 +571,15 @@ def test_a_scripted_workflow_reaches_every_covered_state(sqlite_bench: Workbench
         m._record("adult", "acct-2")
         m._record("severe", "acct-2")
         with m.db.transaction() as s:
-            for who, verdict, cats in [("sam", "violating", ["cat.critical"]),
-                                       ("sue", "violating", ["cat.critical"]),
-                                       ("bob", "violating", ["cat.high"]),
-                                       ("sid", "violating", ["cat.critical"]),
-                                       ("sky", "benign", [])]:
+            # sam's verdict through a console's delegate key, sue's through her own
+            for who, verdict, cats, door in [("sam", "violating", ["cat.critical"], "key:console"),
+                                             ("sue", "violating", ["cat.critical"], None),
+                                             ("bob", "violating", ["cat.high"], None),
+                                             ("sid", "violating", ["cat.critical"], None),
+                                             ("sky", "benign", [], None)]:
                 view = m.svc.claim(s, reviewer_id=who)
                 m.svc.decide(s, item_id=view.id, reviewer_id=who, verdict=verdict,
-                             categories=cats)
+                             categories=cats, credential=door, delegate=door is not None)
         check()
         m.advance_clock(dt.timedelta(hours=73), scheduler=False)
         m.execute_due()
@@ -570,10 +590,26 @@ def test_a_scripted_workflow_reaches_every_covered_state(sqlite_bench: Workbench
             m.svc.decide(s, item_id=view.id, reviewer_id="alice", verdict="benign")
         m.execute_due()
         check()
+        # one console's key for both seniors of a fresh severe item: the second is refused
+        fresh = m._record("severe", "acct-3")
+        with m.db.transaction() as s:
+            item = s.execute(select(ReviewItem.id).where(ReviewItem.decision_id == fresh)
+                             ).scalar_one()
+        for who in ("sid", "sky"):
+            def step(s: Session, who: str = who) -> None:
+                m.svc.claim(s, reviewer_id=who, item_id=item)
+                m.svc.decide(s, item_id=item, reviewer_id=who, verdict="violating",
+                             categories=("cat.critical",), credential="key:console",
+                             delegate=True)
+            m._tx("console", step)
+        check()
         with m.db.transaction() as s:
             reached = {k: s.execute(text(q)).scalar_one() for k, q in COVERAGE.items()}
+            assert s.execute(select(VerdictRow.reviewer_id).where(VerdictRow.item_id == item)
+                             ).scalars().all() == ["sid"]
     finally:
         m.teardown()
         BACKEND = None
     assert all(reached.values()), reached
     assert all(SEEN[k] == 1 for k in COVERAGE), SEEN
+    assert SEEN["one credential refused a second verdict"] == 1, SEEN

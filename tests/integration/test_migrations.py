@@ -83,3 +83,47 @@ def test_a_single_chain_log_survives_the_move_to_parallel_chains(db_url: str) ->
         assert (report.ok, report.events) == (True, 6), report
     finally:
         database.dispose()
+
+
+def test_verdicts_from_before_0013_get_a_direct_credential_and_0013_goes_back(
+    db_url: str,
+) -> None:
+    """0013 (issue 16): verdicts written before it count as `direct:<reviewer>`, a credential
+    per reviewer, so existing two-person approvals stay lawful under UNIQUE(item_id,
+    credential); the downgrade drops the columns and the constraint, and up again works."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from review.db import alembic_config
+    from review.service import ReviewService
+    from tests.review_support import ACTIONS, FakeClock, make_config, record, seed_reviewers
+
+    database = Database(db_url)
+    try:
+        database.upgrade()
+        svc = ReviewService(make_config(), clock=FakeClock())
+        with database.transaction() as s:
+            seed_reviewers(svc, s)
+            item = record(svc, s, 1, queue="severe", severity="critical",
+                          reviewers_required=2, proposed=ACTIONS["critical"]).item_id
+            assert item is not None
+            for who, door in (("sam", "key:1"), ("sue", "oidc:abc")):
+                svc.claim(s, reviewer_id=who, item_id=item)
+                svc.decide(s, item_id=item, reviewer_id=who, verdict="violating",
+                           categories=("cat.critical",), credential=door, delegate=True)
+        command.downgrade(alembic_config(database.engine), "0011")
+        columns = {c["name"] for c in inspect(database.engine).get_columns("verdict")}
+        assert "credential" not in columns and "via_delegate" not in columns
+        assert "reviewer_id" not in {c["name"]
+                                     for c in inspect(database.engine).get_columns("api_key")}
+        database.upgrade()
+        with database.engine.connect() as c:
+            rows = c.execute(text("SELECT reviewer_id, credential, via_delegate FROM verdict "
+                                  "ORDER BY id")).all()
+        assert [tuple(r) for r in rows] == [("sam", "direct:sam", False),
+                                            ("sue", "direct:sue", False)]
+        uniques = {i["name"] for i in inspect(database.engine).get_indexes("verdict")
+                   if i["unique"]}
+        assert "uq_verdict_item_credential" in uniques
+    finally:
+        database.dispose()

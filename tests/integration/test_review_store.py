@@ -320,7 +320,10 @@ def test_db_refuses_two_verdicts_by_one_reviewer_on_one_item(
     record_one(svc, seeded, 1, **SEVERE)
     v = claim_decide(svc, seeded, "sam", "violating", ("cat.critical",)).verdict_id
     refused(seeded, copy_row_sql(seeded, "verdict", verdict="'benign'"), i=v)
-    accepted(seeded, copy_row_sql(seeded, "verdict", reviewer_id="'sue'"), i=v)
+    # another reviewer through the same credential: the database refuses it too (issue 16)
+    refused(seeded, copy_row_sql(seeded, "verdict", reviewer_id="'sue'"), i=v)
+    accepted(seeded, copy_row_sql(seeded, "verdict", reviewer_id="'sue'",
+                                  credential="'key:2'"), i=v)
     # and through the service: the same person cannot give the second verdict
     with pytest.raises(NothingToClaim), seeded.transaction() as s:
         svc.claim(s, reviewer_id="sam", queue="severe")

@@ -189,6 +189,15 @@ def test_two_person_queue_needs_two_distinct_entitled_reviewers(stack: Stack) ->
         approved = {a["kind"]: a for a in actions if a["status"] in ("approved", "notified")}
         assert "remove_content" in approved
         assert set(approved["remove_content"]["approvers"]) == {"sam", "sue"}
+        # issue 16: each verdict came through its Label Studio account
+        from sqlalchemy import select
+
+        from review.schema import VerdictRow
+
+        doors = s.execute(select(VerdictRow.credential, VerdictRow.via_delegate)
+                          .where(VerdictRow.item_id == item).order_by(VerdictRow.id)).all()
+        assert len({c for c, _ in doors}) == 2, doors
+        assert all(c.startswith("labelstudio:") and not d for c, d in doors), doors
 
 
 def test_the_task_sink_answers_per_message_through_the_outbox(stack: Stack) -> None:
