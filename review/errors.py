@@ -43,10 +43,28 @@ class NotEntitled(ReviewError):
     kind = "forbidden"
 
 
+class NoQueues(NotEntitled):
+    """The reviewer may claim from no queue (none of theirs, or each needs a role they lack)."""
+
+
 class UnknownReviewer(ReviewError):
     """The reviewer is not registered, or no longer active."""
 
     code = "review.unknown_reviewer"
+    kind = "forbidden"
+
+
+class UnknownQueue(ReviewError):
+    """No queue of that name is defined by the policy."""
+
+    code = "queue.unknown"
+    kind = "invalid"
+
+
+class FreshEyesRequired(ReviewError):
+    """Appeals and escalations go to a reviewer who did not decide the original."""
+
+    code = "review.fresh_eyes"
     kind = "forbidden"
 
 

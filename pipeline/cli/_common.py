@@ -98,7 +98,8 @@ def fail(code: str, detail: str, exit_code: int, as_json: bool) -> NoReturn:
     if as_json:
         out.print_json(json.dumps({"error": {"code": code, "detail": detail}}))
     else:
-        err.print(f"[red]error[/red] [bold]{code}[/bold]: {detail}", highlight=False)
+        err.print(f"[red]error[/red] [bold]{code}[/bold]: {detail}", highlight=False,
+                  soft_wrap=True)
     raise typer.Exit(exit_code)
 
 
