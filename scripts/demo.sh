@@ -87,5 +87,13 @@ PYEOF
 step "9. the outbox (messages for the platform) and the audit chain"
 "$LF" outbox status
 "$LF" audit verify
-echo
-echo "Done. Try: $LF review list --all   |   $LF --help"
+# every command below works as printed, pasted into a shell in this folder (a test runs them)
+cat <<MSG
+
+Done.  The demo's records are in $LOOKFIRST_DATA_DIR; to look at them yourself:
+  export LOOKFIRST_DATA_DIR=$LOOKFIRST_DATA_DIR LOOKFIRST_POLICY_PATH=$LOOKFIRST_POLICY_PATH
+  $LF review list --all
+  $LF decisions show $DECISION
+  $LF reviewers list
+  $LF --help
+MSG

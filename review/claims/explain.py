@@ -62,7 +62,8 @@ def explain_item(s: Session, config: ReviewConfig, reviewer_id: str, item_id: in
     if role is not None:
         return NotEntitled(
             f"review item {item_id} is in queue {q!r}, which needs role {role!r} that "
-            f"{reviewer_id!r} lacks; an operator can grant it: {grant_hint(reviewer_id, role=role)}")
+            f"{reviewer_id!r} lacks; an operator can grant it: "
+            f"{grant_hint(reviewer_id, role=role)}")
     if item.status not in CLAIMABLE:
         if item.status == ItemStatus.CLAIMED:
             until = f" until {item.lease_expires_at:%H:%M:%S} UTC" if item.lease_expires_at else ""
@@ -97,16 +98,18 @@ def explain_queues(s: Session, config: ReviewConfig, reviewer_id: str, queue: st
     blocked = lacking_roles(config, looked, roles)
     for q, role in sorted(blocked.items()):
         if waiting.get(q):
-            hints.append(f"{_items(waiting[q])} {_verb(waiting[q], 'wait')} in queue {q!r}, which needs role {role!r} "
-                         f"that {reviewer_id!r} lacks (an operator can grant it: "
+            n = waiting[q]
+            hints.append(f"{_items(n)} {_verb(n, 'wait')} in queue {q!r}, which needs role "
+                         f"{role!r} that {reviewer_id!r} lacks (an operator can grant it: "
                          f"{grant_hint(reviewer_id, role=role)})")
     open_queues = [q for q in looked if q not in blocked and waiting.get(q)]
     if open_queues:
         others = _others_only(s, reviewer_id, open_queues)
         if others:
             hints.append(f"{_items(others)} in {reviewer_id!r}'s queues "
-                         f"{_verb(others, 'need')} another reviewer: they already hold this reviewer's verdict, or are appeals or "
-                         "escalations of decisions this reviewer decided (the fresh-eyes rule)")
+                         f"{_verb(others, 'need')} another reviewer: they already hold "
+                         "this reviewer's verdict, or are appeals or escalations of decisions "
+                         "this reviewer decided (the fresh-eyes rule)")
     if not hints:
         return fallback
     return type(fallback)(f"{fallback.detail.rstrip('.')}; " + "; ".join(hints))
