@@ -62,7 +62,12 @@ def review_show(
     rt = runtime()
     with rt.db.transaction() as s:
         view = rt.review.show(s, item, viewer=reviewer)
-    emit(view.as_dict(), as_json)
+    if as_json:
+        emit(view.as_dict(), True)
+    else:
+        from pipeline.cli._render import item_panel
+
+        out.print(item_panel(view.as_dict()))
     return Exit.OK
 
 
@@ -101,7 +106,8 @@ def review_release(item: int, reviewer: Annotated[str, typer.Option()],
     rt = runtime()
     with rt.db.transaction() as s:
         rt.review.release(s, item_id=item, reviewer_id=reviewer)
-    emit({"item": item, "released": True}, as_json)
+    emit({"item": item, "released": True} if as_json else
+         f"released item {item}: it is back in its queue", as_json)
     return Exit.OK
 
 
@@ -212,7 +218,9 @@ def review_appeal(
     rt = runtime()
     with rt.db.transaction() as s:
         appeal_id = rt.review.appeal(s, decision_id=decision, statement=statement)
-    emit({"appeal_id": appeal_id, "decision_id": decision}, as_json)
+    emit({"appeal_id": appeal_id, "decision_id": decision} if as_json else
+         f"appeal {appeal_id} filed for decision {decision}: a reviewer who did not decide it "
+         f"before will look again (lookfirst decisions show {decision})", as_json)
     return Exit.OK
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from models.errors import InvalidArgument
 from pipeline.cli._common import (
     Exit,
     JsonOpt,
@@ -22,7 +23,6 @@ from pipeline.cli._common import (
     runtime,
     settings,
 )
-from models.errors import InvalidArgument
 
 app = commands()
 
