@@ -62,7 +62,7 @@ def test_the_demo_jobs_hints_show_the_demo_data(tmp_path: Path) -> None:
                                                     LOOKFIRST_DATA_DIR=str(data),
                                                     VENV=str(VENV)))
     assert job.returncode == 0, (job.stdout[-3000:], job.stderr[-3000:])
-    tail = job.stdout.split("\nDone.", 1)[1]
+    tail = job.stdout.split("\nDone.", 1)[1].split("\n", 1)[1]
     hints = [line.strip() for line in tail.splitlines() if line.startswith("  ")]
     assert hints[0].startswith("export LOOKFIRST_DATA_DIR=") and len(hints) >= 3, tail
     shell = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(hints)], cwd=ROOT,
