@@ -52,14 +52,19 @@ from review.idempotency import (
     find_stored_response,
     save_stored_response,
 )
+from review.labelstudio import CLOSE_TOPIC as LABELSTUDIO_CLOSE_TOPIC
 from review.labelstudio import TASK_TOPIC as LABELSTUDIO_TASK_TOPIC
+from review.labelstudio import JudgedAnnotation as LabelStudioJudgedAnnotation
 from review.labelstudio import ProjectRecord as LabelStudioProjectRecord
 from review.labelstudio import SyncStatus as LabelStudioSyncStatus
 from review.labelstudio import annotation_judged as labelstudio_annotation_judged
+from review.labelstudio import enqueue_closures as enqueue_labelstudio_closures
 from review.labelstudio import enqueue_tasks as enqueue_labelstudio_tasks
+from review.labelstudio import judged_annotation as labelstudio_judged_annotation
 from review.labelstudio import map_reviewer as map_labelstudio_reviewer
 from review.labelstudio import projects as labelstudio_projects
 from review.labelstudio import record_annotation as record_labelstudio_annotation
+from review.labelstudio import record_annotation_edit as record_labelstudio_annotation_edit
 from review.labelstudio import record_tasks as record_labelstudio_tasks
 from review.labelstudio import reviewer_for_email as labelstudio_reviewer_for_email
 from review.labelstudio import reviewer_for_user as labelstudio_reviewer_for_user
@@ -196,7 +201,12 @@ __all__ = [
     "outbox_backlog",
     "requeue_dead_outbox",
     # the Label Studio sync's records (never commit)
+    "LABELSTUDIO_CLOSE_TOPIC",
     "LABELSTUDIO_TASK_TOPIC",
+    "LabelStudioJudgedAnnotation",
+    "enqueue_labelstudio_closures",
+    "labelstudio_judged_annotation",
+    "record_labelstudio_annotation_edit",
     "LabelStudioProjectRecord",
     "LabelStudioSyncStatus",
     "enqueue_labelstudio_tasks",

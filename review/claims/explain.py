@@ -90,7 +90,7 @@ def explain_queues(s: Session, config: ReviewConfig, reviewer_id: str, queue: st
         return type(fallback)(
             f"reviewer {reviewer_id!r} is a member of no queue; an operator can grant one: "
             f"{grant_hint(reviewer_id, '<queue>')}")
-    waiting: dict[str, int] = dict(s.execute(  # type: ignore[arg-type]
+    waiting: dict[str, int] = dict(s.execute(
         select(ReviewItem.queue, func.count())
         .where(ReviewItem.queue.in_(looked), ReviewItem.status.in_(sorted(CLAIMABLE)))
         .group_by(ReviewItem.queue)).all())
