@@ -485,7 +485,7 @@ class LabelStudioSync:
         None), poll annotations."""
         with self.rt.db.transaction() as s:
             enqueued = self.enqueue_tasks(s)
-            enqueue_labelstudio_closures(s, now=self._now())
+            closing = enqueue_labelstudio_closures(s, now=self._now())
         own = worker is None
         worker = worker or task_worker(self)
         try:
@@ -494,7 +494,7 @@ class LabelStudioSync:
             if own:
                 worker.close()
         poll = self.poll()
-        return {"enqueued": enqueued, "delivered": delivery.delivered,
+        return {"enqueued": enqueued, "closing": closing, "delivered": delivery.delivered,
                 "retried": delivery.retried, "dead": delivery.dead,
                 "recorded": poll.recorded, "refused": poll.refused, "deferred": poll.deferred,
                 "poll_error": poll.error}

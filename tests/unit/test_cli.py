@@ -80,7 +80,8 @@ def test_help_of_the_app_and_of_each_group(args: list[str]) -> None:
 
 
 def _commands() -> list[list[str]]:
-    found, todo = [], [([], typer.main.get_command(app))]
+    found: list[list[str]] = []
+    todo: list[tuple[list[str], Any]] = [([], typer.main.get_command(app))]
     while todo:
         path, cmd = todo.pop()
         sub = getattr(cmd, "commands", None)

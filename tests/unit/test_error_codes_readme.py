@@ -36,6 +36,8 @@ def class_codes() -> dict[str, str]:
             if not isinstance(node, ast.ClassDef):
                 continue
             for stmt in node.body:
+                target: ast.expr
+                value: ast.expr | None
                 if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
                     target, value = stmt.targets[0], stmt.value
                 elif isinstance(stmt, ast.AnnAssign):  # code: ClassVar[str] = "..."
