@@ -40,6 +40,12 @@ def iso_utc(value: Any) -> str | None:
     return at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+class LabelStudioRefused(PipelineError):
+    """Label Studio refused the request (a 4xx answer: a bad project, config or token)."""
+
+    code = "labelstudio.refused"
+
+
 class LabelStudioClient:
     """label-studio-sdk 2.x behind the calls the sync makes; errors become
     LabelStudioUnavailable so callers retry instead of crashing."""
@@ -65,7 +71,8 @@ class LabelStudioClient:
                 raise
             if status >= 500:
                 raise LabelStudioUnavailable(f"Label Studio answered HTTP {status}") from None
-            raise PipelineError(f"Label Studio refused the request (HTTP {status})") from None
+            raise LabelStudioRefused(f"Label Studio refused the request (HTTP {status})"
+                                     ) from None
 
     def health(self) -> bool:
         try:
