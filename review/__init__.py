@@ -71,6 +71,7 @@ from review.labelstudio import reviewer_for_user as labelstudio_reviewer_for_use
 from review.labelstudio import save_project as save_labelstudio_project
 from review.labelstudio import save_state as save_labelstudio_sync_state
 from review.labelstudio import status as labelstudio_sync_status
+from review.labelstudio import sync_state as labelstudio_sync_state
 from review.labelstudio import task_item as labelstudio_task_item
 from review.learning import (
     FlaggedDecided,
@@ -206,6 +207,7 @@ __all__ = [
     "LabelStudioJudgedAnnotation",
     "enqueue_labelstudio_closures",
     "labelstudio_judged_annotation",
+    "labelstudio_sync_state",
     "record_labelstudio_annotation_edit",
     "LabelStudioProjectRecord",
     "LabelStudioSyncStatus",

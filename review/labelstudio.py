@@ -248,6 +248,12 @@ def save_state(s: Session, *, name: str, value: Mapping[str, Any], now: dt.datet
         row.value, row.updated_at = dict(value), now
 
 
+def sync_state(s: Session, *, name: str) -> dict[str, Any]:
+    """One named sync state's value ({} when never saved): the poller's cursor, one row."""
+    row = s.get(LabelStudioSync, name)
+    return dict(row.value) if row is not None else {}
+
+
 def status(s: Session) -> SyncStatus:
     queues = list(s.execute(select(LabelStudioProject.queue)).scalars())
     without = s.execute(

@@ -55,6 +55,7 @@ from review import (
     labelstudio_projects,
     labelstudio_reviewer_for_email,
     labelstudio_reviewer_for_user,
+    labelstudio_sync_state,
     labelstudio_sync_status,
     labelstudio_task_item,
     map_labelstudio_reviewer,
@@ -437,8 +438,8 @@ class LabelStudioSync:
         rep = PollReport()
         with self.rt.db.transaction() as s:
             projects = [p.project_id for p in labelstudio_projects(s).values()]
-            cursors: dict[str, str] = dict(labelstudio_sync_status(s).state.get(
-                "cursor", {}).get("projects", {}))
+            cursors: dict[str, str] = dict(
+                labelstudio_sync_state(s, name="cursor").get("projects", {}))
         try:
             for pid in projects:
                 since = cursors.get(str(pid))
@@ -471,7 +472,7 @@ class LabelStudioSync:
 
     def _last_ok(self) -> str | None:
         with self.rt.db.transaction() as s:
-            last = labelstudio_sync_status(s).state.get("poll") or {}
+            last = labelstudio_sync_state(s, name="poll")
         ok = last.get("ok_at")
         return str(ok) if ok else None
 
