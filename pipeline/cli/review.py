@@ -35,11 +35,15 @@ def review_list(
     if as_json:
         emit([_item_summary(i.as_dict()) for i in items], True)
         return Exit.OK
-    t = Table("item", "queue", "kind", "status", "prio", "due", "outcome", "top score")
+    from rich import box
+
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for name in ("item", "queue", "kind", "status", "prio", "due UTC", "top score"):
+        t.add_column(name, no_wrap=True)
     for i in items:
         top = max(i.scores.items(), key=lambda kv: kv[1], default=("-", 0.0))
         t.add_row(str(i.id), i.queue, i.kind, i.status, str(i.priority),
-                  i.due_at.strftime("%Y-%m-%d %H:%M"), i.outcome, f"{top[0]} {top[1]:.2f}")
+                  i.due_at.strftime("%m-%d %H:%M"), f"{top[0]} {top[1]:.2f}")
     out.print(t)
     return Exit.OK
 
