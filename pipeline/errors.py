@@ -88,6 +88,19 @@ class UnknownContextField(PipelineError):
     code = "context.invalid"
 
 
+class UploadContextConflict(PipelineError):
+    """This upload id was scored before with another context; the first decision stands."""
+
+    code = "upload.context_conflict"
+    kind = ErrorKind.CONFLICT
+
+
+class InputNotFound(PipelineError):
+    """The input file does not exist."""
+
+    code = "input.not_found"
+
+
 # ---- configuration / dependencies -----------------------------------------------------------
 class ConfigurationError(PipelineError):
     """The configuration is invalid."""

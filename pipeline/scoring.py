@@ -10,7 +10,7 @@ batch intake instead of this class.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,12 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from models.base import ScoreResult
-from pipeline.errors import ImageTooLarge, PipelineError
+from pipeline.errors import (
+    ImageTooLarge,
+    InputNotFound,
+    PipelineError,
+    UploadContextConflict,
+)
 from pipeline.ingest import IngestedImage, ingest_bytes
 from pipeline.policy import Context
 from pipeline.routing import route
@@ -65,7 +70,10 @@ class Scored:
         return self.error is None
 
     def fill_from_store(self, found: Recorded, d: DecisionRecord) -> None:
-        """This upload was decided before: answer with what was decided then."""
+        """This upload was decided before: answer with what was decided then, when it was
+        asked with the same context (`UploadContextConflict` when not: the first decision
+        stands, and a new context is a new upload)."""
+        check_same_context(self.request, d.context)
         self.recorded = found
         self.sha256 = d.reasons.get("content_sha256")
         self.scores = dict(d.scores)
@@ -98,6 +106,29 @@ class Scored:
         }
 
 
+def _pairs(ctx: dict[str, Any]) -> str:
+    def text(v: Any) -> str:
+        return "unset" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+    return ", ".join(f"{k}={text(v)}" for k, v in sorted(ctx.items()))
+
+
+def check_same_context(req: UploadRequest, stored: Mapping[str, Any]) -> None:
+    """Refuse a repeated upload id whose context differs from the one it was scored with."""
+    given = req.context.model_dump(mode="json")
+    before = {**Context().model_dump(mode="json"), **dict(stored)}
+    if given == before:
+        return
+    changed = sorted(k for k in given.keys() | before.keys() if given.get(k) != before.get(k))
+    raise UploadContextConflict(
+        f"upload {req.external_id!r} of account {req.account_id!r} was scored before with "
+        f"context {_pairs(before)}; this request says "
+        f"{_pairs({k: given.get(k) for k in changed})}.  An upload is decided once, with the "
+        f"context it was first scored with.  To score the image with this context, score it "
+        f"as a new upload with a new upload id (CLI: --upload-id NEW-ID; API: the upload_id "
+        f"field)")
+
+
 def _read(req: UploadRequest, max_bytes: int) -> bytes:
     if req.data is not None:
         return req.data
@@ -106,9 +137,9 @@ def _read(req: UploadRequest, max_bytes: int) -> bytes:
         with open(req.path, "rb") as fh:
             data = fh.read(max_bytes + 1)  # never read a huge file whole
     except FileNotFoundError:
-        raise PipelineError(f"no such file: {req.path}") from None
+        raise InputNotFound(f"no such file: {req.path}") from None
     except IsADirectoryError:
-        raise PipelineError(f"is a directory: {req.path}") from None
+        raise InputNotFound(f"is a directory, not an image file: {req.path}") from None
     if len(data) > max_bytes:
         raise ImageTooLarge(f"the file is larger than {max_bytes} bytes")
     return data
@@ -161,7 +192,10 @@ class Orchestrator:
             req = scored.request
             hit = found.get((req.account_id, req.external_id))
             if hit is not None:  # scored before: return what was decided, do not rescore
-                scored.fill_from_store(hit, stored[hit.decision_id])
+                try:
+                    scored.fill_from_store(hit, stored[hit.decision_id])
+                except UploadContextConflict as exc:
+                    scored.error = exc
             else:
                 decoding.append((scored, self.pool.submit(_prepare, rt, req)))
         to_score: list[tuple[Scored, IngestedImage, bytes]] = []
@@ -178,7 +212,10 @@ class Orchestrator:
                 matches = bank_lookup_many(s, [img.sha256 for _, img, _ in to_score])
             model_results = rt.scorer.score([img.pixels for _, img, _ in to_score])
             for (scored, image, data), result in zip(to_score, model_results, strict=True):
-                self.decide(scored, image, data, result, matches.get(image.sha256))
+                try:
+                    self.decide(scored, image, data, result, matches.get(image.sha256))
+                except UploadContextConflict as exc:  # a concurrent request recorded it first
+                    scored.error = exc
         return results
 
     def bank_match(self, sha256: str) -> str | None:

@@ -36,13 +36,16 @@ from review.errors import (
     AppealNotAllowed,
     AuditChainBroken,
     ExposureCapReached,
+    FreshEyesRequired,
     InvalidTransition,
+    NoQueues,
     NotClaimant,
     NotEntitled,
     NotFound,
     NothingToClaim,
     ReviewError,
     SameCredential,
+    UnknownQueue,
     UnknownReviewer,
 )
 from review.idempotency import (
@@ -51,20 +54,26 @@ from review.idempotency import (
     find_stored_response,
     save_stored_response,
 )
+from review.labelstudio import CLOSE_TOPIC as LABELSTUDIO_CLOSE_TOPIC
 from review.labelstudio import TASK_TOPIC as LABELSTUDIO_TASK_TOPIC
+from review.labelstudio import JudgedAnnotation as LabelStudioJudgedAnnotation
 from review.labelstudio import ProjectRecord as LabelStudioProjectRecord
 from review.labelstudio import SyncStatus as LabelStudioSyncStatus
 from review.labelstudio import annotation_judged as labelstudio_annotation_judged
+from review.labelstudio import enqueue_closures as enqueue_labelstudio_closures
 from review.labelstudio import enqueue_tasks as enqueue_labelstudio_tasks
+from review.labelstudio import judged_annotation as labelstudio_judged_annotation
 from review.labelstudio import map_reviewer as map_labelstudio_reviewer
 from review.labelstudio import projects as labelstudio_projects
 from review.labelstudio import record_annotation as record_labelstudio_annotation
+from review.labelstudio import record_annotation_edit as record_labelstudio_annotation_edit
 from review.labelstudio import record_tasks as record_labelstudio_tasks
 from review.labelstudio import reviewer_for_email as labelstudio_reviewer_for_email
 from review.labelstudio import reviewer_for_user as labelstudio_reviewer_for_user
 from review.labelstudio import save_project as save_labelstudio_project
 from review.labelstudio import save_state as save_labelstudio_sync_state
 from review.labelstudio import status as labelstudio_sync_status
+from review.labelstudio import sync_state as labelstudio_sync_state
 from review.labelstudio import task_item as labelstudio_task_item
 from review.learning import (
     FlaggedDecided,
@@ -161,13 +170,16 @@ __all__ = [
     "AuditChainBroken",
     "BadBankEntry",
     "ExposureCapReached",
+    "FreshEyesRequired",
     "InvalidTransition",
+    "NoQueues",
     "NotClaimant",
     "NotEntitled",
     "NotFound",
     "NothingToClaim",
     "ReviewError",
     "SameCredential",
+    "UnknownQueue",
     "UnknownReviewer",
     # the audit log
     "AuditReport",
@@ -194,7 +206,13 @@ __all__ = [
     "outbox_backlog",
     "requeue_dead_outbox",
     # the Label Studio sync's records (never commit)
+    "LABELSTUDIO_CLOSE_TOPIC",
     "LABELSTUDIO_TASK_TOPIC",
+    "LabelStudioJudgedAnnotation",
+    "enqueue_labelstudio_closures",
+    "labelstudio_judged_annotation",
+    "labelstudio_sync_state",
+    "record_labelstudio_annotation_edit",
     "LabelStudioProjectRecord",
     "LabelStudioSyncStatus",
     "enqueue_labelstudio_tasks",

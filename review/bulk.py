@@ -11,7 +11,12 @@ from sqlalchemy.orm import Session
 
 from review._core import Core, credential_for
 from review.claims.leases import Claims
-from review.errors import ExposureCapReached, InvalidTransition, ReviewError
+from review.errors import (
+    BulkNotAllowed,
+    ExposureCapReached,
+    InvalidRequest,
+    InvalidTransition,
+)
 from review.reviewers import Reviewers
 from review.schema import ReviewItem, VerdictRow
 from review.states import CLAIMABLE, ItemKind, ItemStatus, Verdict
@@ -60,22 +65,23 @@ class Bulk:
         through the same `credential`).  Returns the
         anchor's result first, then the others by item id; at most `limit` items in all."""
         if group not in BULK_GROUPS:
-            raise ReviewError(f"unknown bulk group {group!r}; one of "
+            raise InvalidRequest(f"unknown bulk group {group!r}; one of "
                               f"{', '.join(sorted(BULK_GROUPS))}")
         v = parse_verdict(verdict, categories)
         if v == Verdict.NEED_MORE_CONTEXT:
-            raise ReviewError("a request for the user's context is made item by item, not in bulk")
+            raise BulkNotAllowed("a request for the user's context is made item by item, "
+                                 "not in bulk")
         if burst_window <= dt.timedelta(0):
-            raise ReviewError("the burst window must be positive")
+            raise InvalidRequest("the burst window must be positive")
         if not 1 <= limit <= 1000:
-            raise ReviewError("a bulk act decides between 1 and 1000 items")
+            raise InvalidRequest("a bulk act decides between 1 and 1000 items")
         now = self.core.clock()
         anchor = self.verdicts.locked_item(s, item_id)
         # decide's own checks, before anything moves: entitlement, verdict, lease
         self.verdicts.check(s, anchor, reviewer_id=reviewer_id, verdict=verdict,
                             categories=categories, now=now, credential=credential)
         if anchor.kind not in BULK_KINDS:
-            raise ReviewError(f"review item {item_id} is a {anchor.kind} item; appeals, "
+            raise BulkNotAllowed(f"review item {item_id} is a {anchor.kind} item; appeals, "
                               "escalations and context replies are decided one by one")
         entitled = self.reviewers.entitled_queues(s, reviewer_id)
         if group == "sha256":

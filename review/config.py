@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from review.errors import ReviewError
+from review.errors import UnknownQueue
 from review.states import ActionKind
 
 #: a capped queue without a window of its own counts exposure over one shift
@@ -51,4 +51,5 @@ class ReviewConfig:
         try:
             return self.queues[queue]
         except KeyError:
-            raise ReviewError(f"unknown queue {queue!r}") from None
+            raise UnknownQueue(f"unknown queue {queue!r}; the policy defines: "
+                               f"{', '.join(sorted(self.queues))}") from None

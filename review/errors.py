@@ -23,6 +23,37 @@ class ReviewError(Exception):
         super().__init__(self.detail)
 
 
+class InvalidRequest(ReviewError):
+    """The request is malformed or out of range."""
+
+    code = "review.invalid"
+    kind = "invalid"
+
+
+class UnknownVerdict(InvalidRequest):
+    """The verdict is not one of violating, benign, benign_medical, need_more_context."""
+
+    code = "verdict.unknown"
+
+
+class CategoriesRequired(InvalidRequest):
+    """A 'violating' verdict must name the violated categories."""
+
+    code = "verdict.categories_required"
+
+
+class BulkNotAllowed(InvalidRequest):
+    """This verdict or item is decided one by one, not in bulk."""
+
+    code = "bulk.not_allowed"
+
+
+class ClaimLimit(InvalidRequest):
+    """A claim takes 1 to 50 items."""
+
+    code = "claim.limit"
+
+
 class NotFound(ReviewError):
     """No such record."""
 
@@ -43,10 +74,28 @@ class NotEntitled(ReviewError):
     kind = "forbidden"
 
 
+class NoQueues(NotEntitled):
+    """The reviewer may claim from no queue (none of theirs, or each needs a role they lack)."""
+
+
 class UnknownReviewer(ReviewError):
     """The reviewer is not registered, or no longer active."""
 
     code = "review.unknown_reviewer"
+    kind = "forbidden"
+
+
+class UnknownQueue(ReviewError):
+    """No queue of that name is defined by the policy."""
+
+    code = "queue.unknown"
+    kind = "invalid"
+
+
+class FreshEyesRequired(ReviewError):
+    """Appeals and escalations go to a reviewer who did not decide the original."""
+
+    code = "review.fresh_eyes"
     kind = "forbidden"
 
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, String, cast, func, literal, select
 from sqlalchemy.orm import Session
 
 from review import outbox
@@ -20,13 +20,33 @@ from review.schema import (
     LabelStudioReviewer,
     LabelStudioSync,
     LabelStudioTask,
+    Outbox,
     ReviewItem,
+    VerdictRow,
 )
 from review.states import OPEN_ITEM_STATUSES
 
 #: the outbox topic of a task to create ("labelstudio.task"); payload {"item_id", "queue"}.
 #: Under the internal prefix, so the platform's webhook sink never leases it
 TASK_TOPIC = outbox.INTERNAL_TOPIC_PREFIX + "task"
+#: the outbox topic of a task to close: its item was decided (anywhere: CLI, API, bulk, Label
+#: Studio); payload {"item_id", "queue", "task_id", "project_id", "status", "resolution"}
+CLOSE_TOPIC = outbox.INTERNAL_TOPIC_PREFIX + "close"
+
+
+@dataclass(frozen=True, slots=True)
+class JudgedAnnotation:
+    """How an annotation was judged, and what it said then (its result's sha256)."""
+
+    annotation_id: int
+    item_id: int
+    status: str
+    verdict_id: int | None
+    result_sha256: str | None
+    edit_code: str | None
+    #: the verdict it was recorded as (None: refused)
+    verdict: str | None = None
+    categories: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +73,8 @@ class SyncStatus:
     annotations: dict[str, int]
     #: named sync state (e.g. "poll"), each with its `updated_at`
     state: dict[str, dict[str, Any]]
+    #: annotations edited after they were judged whose edit was refused (flagged)
+    edits_refused: int = 0
 
 
 # ---- projects --------------------------------------------------------------------------------
@@ -152,6 +174,28 @@ def record_tasks(s: Session, *, project_id: int, tasks: Mapping[int, int],
                                   created_at=now))
 
 
+def enqueue_closures(s: Session, *, now: dt.datetime, limit: int = 1000) -> int:
+    """One outbox message per task whose item is no longer open (decided anywhere) and whose
+    closing message was not written yet.  Returns how many."""
+    key = literal(CLOSE_TOPIC + ":") + cast(LabelStudioTask.item_id, String)
+    rows = s.execute(
+        select(LabelStudioTask.item_id, LabelStudioTask.task_id, LabelStudioTask.project_id,
+               ReviewItem.queue, ReviewItem.status, ReviewItem.resolution)
+        .join(ReviewItem, ReviewItem.id == LabelStudioTask.item_id)
+        .where(ReviewItem.status.not_in(list(OPEN_ITEM_STATUSES)),
+               ~select(Outbox.id).where(Outbox.idempotency_key == key).exists())
+        .order_by(LabelStudioTask.item_id)
+        .limit(limit)
+    ).all()
+    for item_id, task_id, project_id, queue, status_, resolution in rows:
+        outbox.enqueue(s, topic=CLOSE_TOPIC, key=f"{CLOSE_TOPIC}:{item_id}",
+                       payload={"item_id": item_id, "queue": queue, "task_id": task_id,
+                                "project_id": project_id, "status": status_,
+                                "resolution": resolution}, now=now)
+    s.flush()
+    return len(rows)
+
+
 def task_item(s: Session, *, task_id: int) -> int | None:
     """The review item a task shows (None: not one of ours)."""
     return s.execute(
@@ -164,16 +208,35 @@ def annotation_judged(s: Session, *, annotation_id: int) -> bool:
     return s.get(LabelStudioAnnotation, annotation_id) is not None
 
 
+def judged_annotation(s: Session, *, annotation_id: int) -> JudgedAnnotation | None:
+    r = s.get(LabelStudioAnnotation, annotation_id)
+    if r is None:
+        return None
+    v = s.get(VerdictRow, r.verdict_id) if r.verdict_id is not None else None
+    return JudgedAnnotation(r.annotation_id, r.item_id, r.status, r.verdict_id,
+                            r.result_sha256, r.edit_code, v.verdict if v else None,
+                            tuple(v.categories) if v else ())
+
+
+def record_annotation_edit(s: Session, *, annotation_id: int, result_sha256: str,
+                           code: str | None, now: dt.datetime) -> None:
+    """An annotation edited after it was judged, judged again: what it now says, and the
+    refusal's code (None when the edit changed nothing a verdict holds)."""
+    r = s.get(LabelStudioAnnotation, annotation_id)
+    assert r is not None
+    r.result_sha256, r.edit_code, r.edited_at = result_sha256, code, now
+
+
 def record_annotation(s: Session, *, annotation_id: int, task_id: int, item_id: int,
                       ls_user_id: int | None, reviewer_id: str | None, status: str,
                       code: str | None, verdict_id: int | None, via: str,
-                      now: dt.datetime) -> None:
+                      now: dt.datetime, result_sha256: str | None = None) -> None:
     """Judge an annotation once: `status` recorded (with its verdict) or refused (with the
     refusal's code).  A second judgement of it fails the transaction (IntegrityError)."""
     s.add(LabelStudioAnnotation(
         annotation_id=annotation_id, task_id=task_id, item_id=item_id, ls_user_id=ls_user_id,
         reviewer_id=reviewer_id, status=status, code=code, verdict_id=verdict_id, via=via,
-        created_at=now))
+        created_at=now, result_sha256=result_sha256))
 
 
 # ---- sync state --------------------------------------------------------------------------------
@@ -183,6 +246,12 @@ def save_state(s: Session, *, name: str, value: Mapping[str, Any], now: dt.datet
         s.add(LabelStudioSync(name=name, value=dict(value), updated_at=now))
     else:
         row.value, row.updated_at = dict(value), now
+
+
+def sync_state(s: Session, *, name: str) -> dict[str, Any]:
+    """One named sync state's value ({} when never saved): the poller's cursor, one row."""
+    row = s.get(LabelStudioSync, name)
+    return dict(row.value) if row is not None else {}
 
 
 def status(s: Session) -> SyncStatus:
@@ -195,10 +264,12 @@ def status(s: Session) -> SyncStatus:
     state = {r.name: {**r.value, "updated_at": r.updated_at.isoformat()}
              for r in s.execute(select(LabelStudioSync)).scalars()}
     tasks = s.execute(select(func.count()).select_from(LabelStudioTask)).scalar_one()
+    edits = s.execute(select(func.count()).select_from(LabelStudioAnnotation)
+                      .where(LabelStudioAnnotation.edit_code.is_not(None))).scalar_one()
     return SyncStatus(
         projects=sorted(queues), tasks=int(tasks), open_items_without_task=int(without),
-        outbox=outbox.backlog(s, topics=[TASK_TOPIC]),
+        outbox=outbox.backlog(s, topics=[TASK_TOPIC, CLOSE_TOPIC]),
         annotations={"recorded": int(anns.get("recorded", 0)),
                      "refused": int(anns.get("refused", 0))},
-        state=state,
+        state=state, edits_refused=int(edits),
     )

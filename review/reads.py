@@ -193,6 +193,7 @@ class Reads:
             for a in s.execute(select(Appeal).where(Appeal.decision_id == decision_id)).scalars()
         ]
         window_ends = d.created_at + self.core.config.appeal_window
+        cli_appeal = f"lookfirst review appeal {d.id} --statement \"...\""
         return {
             "decision_id": d.id,
             "upload": {"id": upload.external_id, "account_id": upload.account_id,
@@ -211,8 +212,12 @@ class Reads:
             "appeals": appeals,
             "how_to_appeal": {
                 "until": window_ends.isoformat(),
-                "how": f"POST /v1/appeals with decision_id {d.id} and your own context; "
-                       "a reviewer who did not decide it before will look again.",
+                "how": f"POST /v1/appeals with decision_id {d.id} and your own context (on the "
+                       f"command line: {cli_appeal}); a reviewer who did not decide it before "
+                       "will look again.",
+                "api": f"POST /v1/appeals {{\"decision_id\": \"{d.id}\", \"statement\": "
+                       "\"...\"}",
+                "cli": cli_appeal,
             },
         }
 

@@ -508,6 +508,11 @@ class LabelStudioAnnotation(Base):
     #: how the annotation reached lookfirst: webhook | poller
     via: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[dt.datetime]
+    #: sha256 of the result judged (an edit in Label Studio changes it: judged again)
+    result_sha256: Mapped[str | None] = mapped_column(String(64))
+    #: the last edit's judgement: the refusal's code (None: no edit, or recorded), and when
+    edit_code: Mapped[str | None] = mapped_column(String(64))
+    edited_at: Mapped[dt.datetime | None]
     __table_args__ = (
         _enum_check("status", {"recorded", "refused"}, "status"),
         Index("ix_labelstudio_annotation_item", "item_id"),

@@ -89,8 +89,27 @@ class ReviewService:
         self.reviewers.add_reviewer(s, reviewer_id=reviewer_id, queues=queues, roles=roles,
                                     display_name=display_name, actor=actor)
 
-    def list_reviewers(self, s: Session) -> list[dict[str, Any]]:
-        return self.reviewers.list_reviewers(s)
+    def grant(self, s: Session, *, reviewer_id: str, queues: Sequence[str] = (),
+              roles: Sequence[str] = (), actor: str = SYSTEM) -> None:
+        """More queues and/or roles for a registered reviewer (audited)."""
+        self.reviewers.grant(s, reviewer_id=reviewer_id, queues=queues, roles=roles,
+                             actor=actor)
+
+    def revoke(self, s: Session, *, reviewer_id: str, queues: Sequence[str] = (),
+               roles: Sequence[str] = (), actor: str = SYSTEM) -> None:
+        """Take queues and/or roles away from a reviewer (audited)."""
+        self.reviewers.revoke(s, reviewer_id=reviewer_id, queues=queues, roles=roles,
+                              actor=actor)
+
+    def deactivate_reviewer(self, s: Session, *, reviewer_id: str, actor: str = SYSTEM) -> None:
+        """The reviewer may claim, see and decide nothing more (audited)."""
+        self.reviewers.deactivate(s, reviewer_id=reviewer_id, actor=actor)
+
+    def list_reviewers(self, s: Session, reviewer_id: str | None = None
+                       ) -> list[dict[str, Any]]:
+        """Reviewers with their roles, queues and what they can claim (`can_claim`, and
+        `blocked`: their queues that need a role they lack)."""
+        return self.reviewers.list_reviewers(s, reviewer_id)
 
     def entitled_queues(self, s: Session, reviewer_id: str) -> list[str]:
         """The queues a reviewer may claim, see and decide in: membership and the queue's role."""

@@ -13,7 +13,14 @@ from sqlalchemy.orm import Session
 from review import banks
 from review._core import SYSTEM, Core, credential_for
 from review.actions import Actions
-from review.errors import AlreadyDecided, NotClaimant, NotFound, ReviewError, SameCredential
+from review.errors import (
+    AlreadyDecided,
+    CategoriesRequired,
+    NotClaimant,
+    NotFound,
+    SameCredential,
+    UnknownVerdict,
+)
 from review.reviewers import Reviewers
 from review.schema import Action, Appeal, ReviewItem, VerdictRow
 from review.states import (
@@ -34,9 +41,11 @@ def parse_verdict(verdict: str, categories: Sequence[str]) -> Verdict:
     try:
         v = Verdict(verdict)
     except ValueError:
-        raise ReviewError(f"unknown verdict {verdict!r}; one of {', '.join(Verdict)}") from None
+        raise UnknownVerdict(f"unknown verdict {verdict!r}; one of {', '.join(Verdict)}"
+                             ) from None
     if v == Verdict.VIOLATING and not categories:
-        raise ReviewError("a 'violating' verdict must name the violated categories")
+        raise CategoriesRequired("a 'violating' verdict must name the violated categories "
+                                 "(CLI: --category, repeatable)")
     return v
 
 

@@ -49,12 +49,13 @@ SHOW=$("$LF" review show "$ITEM" --reviewer dana --json)
 "$PY" - "$SHOW" <<'PYEOF'
 import json, sys
 d = json.loads(sys.argv[1])
-print(f"item {d['id']} queue={d['queue']} outcome={d['outcome']} scores={d['scores']}")
-print("context:", d["context"])
+scores = ", ".join(f"{k} {v:.2f}" for k, v in sorted(d["scores"].items(), key=lambda kv: -kv[1]))
+print(f"item {d['id']} queue={d['queue']} outcome={d['outcome']} scores: {scores}")
+print("context:", ", ".join(f"{k}={v}" for k, v in d["context"].items()))
 for r in d["reasons"]["rules"]:
     if r["fired"]:
         print(f"  fired {r['rule']}: score {r['score']} >= threshold {r['threshold']}")
-print("proposed actions (proposals only):", d["proposed_actions"])
+print("proposed actions (proposals only):", ", ".join(d["proposed_actions"]) or "none")
 PYEOF
 
 step "5. an attempt to execute the proposal before a person has decided is refused"
@@ -75,17 +76,18 @@ APPEAL_ITEM=$("$LF" review claim --reviewer eli --queue appeals --json | field '
 "$LF" actions list --decision "$DECISION"
 
 step "8. the statement of reasons for that decision (what a user notice or an auditor reads)"
-SOR=$("$LF" decisions show "$DECISION" --json)
-"$PY" - "$SOR" <<'PYEOF'
-import json, sys
-d = json.loads(sys.argv[1])
-keep = ("outcome", "model_version", "policy_version", "detected", "context", "reviews",
-        "actions", "how_to_appeal")
-print(json.dumps({k: d[k] for k in keep}, indent=2))
-PYEOF
+"$LF" decisions show "$DECISION"
 
 step "9. the outbox (messages for the platform) and the audit chain"
 "$LF" outbox status
 "$LF" audit verify
-echo
-echo "Done. Try: $LF review list --all   |   $LF --help"
+# every command below works as printed, pasted into a shell in this folder (a test runs them)
+cat <<MSG
+
+Done.  The demo's records are in $LOOKFIRST_DATA_DIR; to look at them yourself:
+  export LOOKFIRST_DATA_DIR=$LOOKFIRST_DATA_DIR LOOKFIRST_POLICY_PATH=$LOOKFIRST_POLICY_PATH
+  $LF review list --all
+  $LF decisions show $DECISION
+  $LF reviewers list
+  $LF --help
+MSG

@@ -183,7 +183,8 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "No API key, or an invalid one (auth.missing, auth.invalid)",
         403: "The key lacks the scope, or the reviewer is not entitled",
         404: "No such record",
-        409: "Conflict with the record's state, or idempotency.mismatch",
+        409: "Conflict with the record's state, idempotency.mismatch, or "
+             "upload.context_conflict (an upload id scored before with another context)",
         413: "Body too large (image.too_large, request.too_large)",
         415: "Not an accepted image type or content type",
         422: "Invalid request (request.invalid, context.invalid, image.*)",

@@ -131,6 +131,9 @@ class AppealRef(_Public):
 class HowToAppeal(_Public):
     until: dt.datetime
     how: str
+    #: the request to make, and the same on the command line
+    api: str
+    cli: str
 
 
 class StatementOfReasons(_Public):

@@ -67,6 +67,25 @@ EXIT_CODES: Final[Mapping[ErrorKind, Exit]] = {
 out = Console()
 err = Console(stderr=True)
 
+
+def _no_type_tag_on_flags() -> None:
+    """`--help` shows a value's type (`<str>`) beside each option; a flag takes no value, so
+    its `<bool>` tag only confuses (`--json <bool>` reads as if it wanted `--json true`)."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_lookfirst", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich._lookfirst = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_no_type_tag_on_flags()
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
@@ -98,7 +117,8 @@ def fail(code: str, detail: str, exit_code: int, as_json: bool) -> NoReturn:
     if as_json:
         out.print_json(json.dumps({"error": {"code": code, "detail": detail}}))
     else:
-        err.print(f"[red]error[/red] [bold]{code}[/bold]: {detail}", highlight=False)
+        err.print(f"[red]error[/red] [bold]{code}[/bold]: {detail}", highlight=False,
+                  soft_wrap=True)
     raise typer.Exit(exit_code)
 
 
@@ -120,7 +140,19 @@ def guarded(body: Callable[P, int | None]) -> Callable[P, None]:
             fail(*found, as_json=bool(kwargs.get("as_json", False)))
         raise typer.Exit(int(code or Exit.OK))
 
+    command.__doc__ = one_line_paragraphs(body.__doc__)
     return command
+
+
+def one_line_paragraphs(doc: str | None) -> str | None:
+    """A docstring with each paragraph on one line: `--help` keeps a docstring's line breaks,
+    which would break a command's summary mid-sentence in its group's list."""
+    if doc is None:
+        return None
+    import inspect
+
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
 
 
 # ---- settings, runtime, output ----------------------------------------------------------------
@@ -142,11 +174,17 @@ def runtime() -> Runtime:
     return rt
 
 
-def emit(obj: Any, as_json: bool) -> None:
+def emit(obj: Any, as_json: bool, title: str | None = None) -> None:
+    """One JSON document on stdout with --json; otherwise the record as a table for people
+    (pipeline.cli._render), never a Python repr."""
     if as_json:
         sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    elif isinstance(obj, str):
+        out.print(obj, highlight=False, soft_wrap=True)
     else:
-        out.print(obj)
+        from pipeline.cli._render import render
+
+        out.print(render(obj, title))
 
 
 class BarProgress:

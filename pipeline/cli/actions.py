@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from pipeline.cli._common import Exit, JsonOpt, emit, group, guarded, out, runtime
 
@@ -26,10 +25,9 @@ def actions_list(
     if as_json:
         emit(rows, True)
         return Exit.OK
-    t = Table("id", "kind", "target", "status", "approvers", "not before", "account")
-    for a in rows:
-        t.add_row(str(a["id"]), a["kind"], a["target"], a["status"],
-                  ", ".join(a["approvers"]) or "-", a["not_before"] or "-", a["account_id"])
+    from pipeline.cli._render import actions_table
+
+    t = actions_table(rows, with_account=True)
     out.print(t)
     return Exit.OK
 

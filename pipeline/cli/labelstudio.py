@@ -71,7 +71,8 @@ def sync_cmd(
 @app.command("status")
 @guarded
 def status_cmd(as_json: JsonOpt = False) -> int:
-    """Backlog (tasks waiting to go out, dead letters) and the last sync."""
+    """Backlog (tasks to create or close, dead letters), the last sync, and the poller's lag:
+    seconds since its last good read of Label Studio."""
     from pipeline.labelstudio import status
 
     emit(status(runtime()), as_json)

@@ -35,11 +35,15 @@ def review_list(
     if as_json:
         emit([_item_summary(i.as_dict()) for i in items], True)
         return Exit.OK
-    t = Table("item", "queue", "kind", "status", "prio", "due", "outcome", "top score")
+    from rich import box
+
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for name in ("item", "queue", "kind", "status", "prio", "due UTC", "top score"):
+        t.add_column(name, no_wrap=True)
     for i in items:
         top = max(i.scores.items(), key=lambda kv: kv[1], default=("-", 0.0))
         t.add_row(str(i.id), i.queue, i.kind, i.status, str(i.priority),
-                  i.due_at.strftime("%Y-%m-%d %H:%M"), i.outcome, f"{top[0]} {top[1]:.2f}")
+                  i.due_at.strftime("%m-%d %H:%M"), f"{top[0]} {top[1]:.2f}")
     out.print(t)
     return Exit.OK
 
@@ -62,7 +66,12 @@ def review_show(
     rt = runtime()
     with rt.db.transaction() as s:
         view = rt.review.show(s, item, viewer=reviewer)
-    emit(view.as_dict(), as_json)
+    if as_json:
+        emit(view.as_dict(), True)
+    else:
+        from pipeline.cli._render import item_panel
+
+        out.print(item_panel(view.as_dict()))
     return Exit.OK
 
 
@@ -101,7 +110,8 @@ def review_release(item: int, reviewer: Annotated[str, typer.Option()],
     rt = runtime()
     with rt.db.transaction() as s:
         rt.review.release(s, item_id=item, reviewer_id=reviewer)
-    emit({"item": item, "released": True}, as_json)
+    emit({"item": item, "released": True} if as_json else
+         f"released item {item}: it is back in its queue", as_json)
     return Exit.OK
 
 
@@ -220,7 +230,9 @@ def review_appeal(
     rt = runtime()
     with rt.db.transaction() as s:
         appeal_id = rt.review.appeal(s, decision_id=decision, statement=statement)
-    emit({"appeal_id": appeal_id, "decision_id": decision}, as_json)
+    emit({"appeal_id": appeal_id, "decision_id": decision} if as_json else
+         f"appeal {appeal_id} filed for decision {decision}: a reviewer who did not decide it "
+         f"before will look again (lookfirst decisions show {decision})", as_json)
     return Exit.OK
 
 

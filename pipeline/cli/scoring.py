@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from models.errors import InvalidArgument
 from pipeline.cli._common import (
     Exit,
     JsonOpt,
@@ -22,7 +23,6 @@ from pipeline.cli._common import (
     runtime,
     settings,
 )
-from pipeline.errors import PipelineError
 
 app = commands()
 
@@ -46,7 +46,7 @@ def score(
 
     ctx = Context.from_pairs(context or [])
     if upload_id is not None and len(paths) > 1:
-        raise PipelineError("--upload-id names one upload; give one path")
+        raise InvalidArgument("--upload-id names one upload; give one path")
     rt = runtime()
     reqs = [
         UploadRequest(
@@ -74,7 +74,7 @@ def score(
 def _print_scored(d: dict[str, Any]) -> None:
     if "error" in d:
         err.print(f"[red]✗[/red] {d['input']}: [bold]{d['error']['code']}[/bold] "
-                  f"{d['error']['detail']}", highlight=False)
+                  f"{d['error']['detail']}", highlight=False, soft_wrap=True)
         return
     colour = {"allow": "green", "hold": "yellow", "review": "magenta"}[d["outcome"]]
     top = sorted(d["scores"].items(), key=lambda kv: -kv[1])[:3]

@@ -3,6 +3,8 @@ errors callers see (a dependency outage is `LabelStudioUnavailable`, retried, ne
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +27,23 @@ class LabelStudioNotSetUp(PipelineError):
     """Label Studio is not set up: run `lookfirst labelstudio setup`."""
 
     code = "labelstudio.not_set_up"
+
+
+def iso_utc(value: Any) -> str | None:
+    """Label Studio's time (a datetime, or a string ending in Z) as ISO UTC with a Z."""
+    if value is None:
+        return None
+    at = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(
+        str(value).replace("Z", "+00:00"))
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=dt.UTC)
+    return at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LabelStudioRefused(PipelineError):
+    """Label Studio refused the request (a 4xx answer: a bad project, config or token)."""
+
+    code = "labelstudio.refused"
 
 
 class LabelStudioClient:
@@ -52,7 +71,8 @@ class LabelStudioClient:
                 raise
             if status >= 500:
                 raise LabelStudioUnavailable(f"Label Studio answered HTTP {status}") from None
-            raise PipelineError(f"Label Studio refused the request (HTTP {status})") from None
+            raise LabelStudioRefused(f"Label Studio refused the request (HTTP {status})"
+                                     ) from None
 
     def health(self) -> bool:
         try:
@@ -102,18 +122,32 @@ class LabelStudioClient:
                        return_task_ids=True)
         return [int(x) for x in (r.task_ids or [])]
 
-    def annotated_tasks(self, pid: int) -> list[tuple[int, list[dict[str, Any]]]]:
-        out: list[tuple[int, list[dict[str, Any]]]] = []
+    def annotated_tasks(self, pid: int, *, since: str | None = None
+                        ) -> list[tuple[int, list[dict[str, Any]], str | None]]:
+        """(task id, its annotations, its updated_at) of the annotated tasks of one project;
+        with `since` (an ISO time), only those Label Studio updated after it (creating or
+        editing an annotation updates its task), by the Data Manager's filter."""
+        out: list[tuple[int, list[dict[str, Any]], str | None]] = []
+        query = None
+        if since is not None:
+            query = json.dumps({"filters": {"conjunction": "and", "items": [
+                {"filter": "filter:tasks:updated_at", "operator": "greater",
+                 "type": "Datetime", "value": since}]}})
 
         def scan() -> None:
             t: Any
             for t in self.sdk.tasks.list(project=pid, page_size=100, fields="all",
-                                         only_annotated=True):
+                                         only_annotated=True, query=query):
                 anns = [a if isinstance(a, dict) else a.dict() for a in (t.annotations or [])]
-                out.append((int(t.id), anns))
+                out.append((int(t.id), anns, iso_utc(t.updated_at)))
 
         self._call(scan)
         return out
+
+    def close_task(self, task_id: int, meta: Mapping[str, Any]) -> None:
+        """Mark a task done in Label Studio: labelled (the queue's next-task order skips it)
+        and its meta saying what lookfirst decided."""
+        self._call(self.sdk.tasks.update, str(task_id), is_labeled=True, meta=dict(meta))
 
     def user_email(self, user_id: int) -> str | None:
         if user_id not in self._emails:

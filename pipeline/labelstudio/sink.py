@@ -14,6 +14,7 @@ from pipeline.errors import PipelineError
 from pipeline.labelstudio.client import LabelStudioUnavailable
 from review import (
     DELIVERED,
+    LABELSTUDIO_CLOSE_TOPIC,
     LABELSTUDIO_TASK_TOPIC,
     OPEN_ITEM_STATUSES,
     DeliveryFailed,
@@ -31,12 +32,16 @@ if TYPE_CHECKING:
 
 #: the outbox topic of a task to create; payload {"item_id", "queue"} (review writes them)
 TOPIC = LABELSTUDIO_TASK_TOPIC
+#: the outbox topic of a task to close: its item was decided, wherever that happened
+CLOSE_TOPIC = LABELSTUDIO_CLOSE_TOPIC
 
 
 class TaskSink:
-    """Creates the Label Studio task of each message's review item, one import per project."""
+    """Creates the Label Studio task of each message's review item, one import per project;
+    closes (marks labelled, with lookfirst's outcome in its meta) the task of an item decided
+    anywhere."""
 
-    topics: frozenset[str] | None = frozenset({TOPIC})
+    topics: frozenset[str] | None = frozenset({TOPIC, CLOSE_TOPIC})
 
     def __init__(self, sync: LabelStudioSync) -> None:
         self.sync = sync
@@ -49,6 +54,9 @@ class TaskSink:
     ) -> Iterator[tuple[OutboxMessage, SinkResult]]:
         by_queue: dict[str, list[OutboxMessage]] = {}
         for m in messages:
+            if m.topic == CLOSE_TOPIC:
+                yield m, self._close(m)
+                continue
             by_queue.setdefault(str(m.payload["queue"]), []).append(m)
         with self.sync.rt.db.transaction() as s:
             projects = {q: p.project_id for q, p in labelstudio_projects(s).items()}
@@ -95,6 +103,18 @@ class TaskSink:
             for m in group:
                 results.setdefault(m.id, DeliveryFailed(exc.code))
         return results
+
+
+    def _close(self, m: OutboxMessage) -> SinkResult:
+        p = m.payload
+        try:
+            self.sync.client.close_task(int(p["task_id"]), {"lookfirst": {
+                "item_id": p["item_id"], "status": p["status"],
+                "resolution": p.get("resolution"),
+                "note": "decided in lookfirst; nothing left to do here"}})
+        except PipelineError as exc:
+            return DeliveryFailed(exc.code)
+        return DELIVERED
 
 
 def task_worker(sync: LabelStudioSync, *, policy: DeliveryPolicy | None = None) -> OutboxWorker:

@@ -17,7 +17,9 @@ Nothing here logs a payload: Label Studio's carry the project token and the revi
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import html
+import json
 import logging
 import threading
 from collections.abc import Mapping
@@ -32,6 +34,7 @@ from pipeline.labelstudio.client import (
     LabelStudioClient,
     LabelStudioNotSetUp,
     LabelStudioUnavailable,
+    iso_utc,
 )
 from pipeline.labelstudio.config import AS_POLICY, config_digest, label_config, parse_result
 from pipeline.labelstudio.sink import task_worker
@@ -39,21 +42,25 @@ from pipeline.previews import sign_link
 from pipeline.runtime import Runtime
 from review import (
     ItemStatus,
+    LabelStudioJudgedAnnotation,
     OutboxWorker,
     ReviewError,
     account_history,
     append_audit_event,
+    enqueue_labelstudio_closures,
     enqueue_labelstudio_tasks,
     get_decision,
     item_state,
-    labelstudio_annotation_judged,
+    labelstudio_judged_annotation,
     labelstudio_projects,
     labelstudio_reviewer_for_email,
     labelstudio_reviewer_for_user,
+    labelstudio_sync_state,
     labelstudio_sync_status,
     labelstudio_task_item,
     map_labelstudio_reviewer,
     record_labelstudio_annotation,
+    record_labelstudio_annotation_edit,
     save_labelstudio_project,
     save_labelstudio_sync_state,
 )
@@ -63,6 +70,11 @@ log = logging.getLogger(__name__)
 SECRET_HEADER = "X-Lookfirst-Webhook-Secret"
 WEBHOOK_PATH = "/v1/labelstudio/webhook"
 ACTOR = "system:labelstudio-sync"
+
+
+def result_digest(result: Any) -> str:
+    """sha256 of an annotation's result, key order aside: what an edit changes."""
+    return hashlib.sha256(json.dumps(result, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass
@@ -85,7 +97,8 @@ class SetupReport:
 
 class LabelStudioSync:
     def __init__(self, rt: Runtime, *, client: LabelStudioClient | None = None,
-                 title_prefix: str = "lookfirst") -> None:
+                 title_prefix: str = "lookfirst",
+                 poll_overlap: dt.timedelta = dt.timedelta(seconds=2)) -> None:
         self.rt = rt
         #: projects are found again by title, so two lookfirst installations (or test runs)
         #: sharing one Label Studio keep apart
@@ -98,6 +111,9 @@ class LabelStudioSync:
             client = LabelStudioClient(cfg.labelstudio_url, cfg.labelstudio_token,
                                        timeout_s=cfg.labelstudio_timeout_s)
         self.client = client
+        #: how far before its cursor each poll reads again (a task Label Studio updated just
+        #: before the cursor but committed after the last read is not missed)
+        self.poll_overlap = poll_overlap
         # the webhook's background task and the poller may run in one process: one judge
         # at a time, so an annotation is never judged twice concurrently
         self._judge = threading.Lock()
@@ -263,9 +279,16 @@ class LabelStudioSync:
         user = ann.get("completed_by")
         ls_user = int(user["id"] if isinstance(user, Mapping) else user) if user else None
         db, svc = self.rt.db, self.rt.review
+        digest = result_digest(ann.get("result"))
         with db.transaction() as s:
-            if labelstudio_annotation_judged(s, annotation_id=ann_id):
-                return "already"
+            judged = labelstudio_judged_annotation(s, annotation_id=ann_id)
+            if judged is not None:
+                if judged.result_sha256 in (None, digest):
+                    return "already"
+                reviewer = self._reviewer_for(s, ls_user)
+        if judged is not None:  # edited in Label Studio after it was judged
+            return self._judge_edit(judged, ann, reviewer, digest, via=via)
+        with db.transaction() as s:
             found = labelstudio_task_item(s, task_id=task_id)
             if found is None:
                 return "ignored"  # not one of ours
@@ -304,7 +327,8 @@ class LabelStudioSync:
                     record_labelstudio_annotation(
                         s, annotation_id=ann_id, task_id=task_id, item_id=item_id,
                         ls_user_id=ls_user, reviewer_id=reviewer, status="recorded", code=None,
-                        verdict_id=res.verdict_id, via=via, now=self._now())
+                        verdict_id=res.verdict_id, via=via, now=self._now(),
+                        result_sha256=digest)
                     self._audit(s, actor=reviewer, event="labelstudio.annotation_recorded",
                                 subject_id=item_id,
                                 data={"annotation_id": ann_id, "task_id": task_id, "via": via,
@@ -320,12 +344,12 @@ class LabelStudioSync:
         code, detail = refusal
         try:
             with db.transaction() as s:
-                if labelstudio_annotation_judged(s, annotation_id=ann_id):
+                if labelstudio_judged_annotation(s, annotation_id=ann_id) is not None:
                     return "already"
                 record_labelstudio_annotation(
                     s, annotation_id=ann_id, task_id=task_id, item_id=item_id, ls_user_id=ls_user,
                     reviewer_id=reviewer, status="refused", code=code[:64], verdict_id=None,
-                    via=via, now=self._now())
+                    via=via, now=self._now(), result_sha256=digest)
                 self._audit(s, actor=reviewer or f"labelstudio-user:{ls_user}",
                             event="labelstudio.annotation_refused", subject_id=item_id,
                             data={"annotation_id": ann_id, "task_id": task_id, "via": via,
@@ -334,6 +358,64 @@ class LabelStudioSync:
             return "already"
         log.warning("annotation refused as a verdict (flagged)",
                     extra={"item_id": item_id, "annotation_id": ann_id, "code": code})
+        return "refused"
+
+    def _judge_edit(self, judged: LabelStudioJudgedAnnotation, ann: Mapping[str, Any],
+                    reviewer: str | None, digest: str, *, via: str) -> str:
+        """An annotation edited after it was judged is a new verdict attempt, through the same
+        rules as any verdict: the reviewer claims and decides the item again.  Those rules
+        refuse what a verdict once given cannot become (the reviewer decided it already; the
+        item is closed): then the edit is flagged, audited and counted, never ignored.  An
+        edit that changes nothing a verdict holds (the same verdict and categories) is
+        audited and changes nothing."""
+        db, svc = self.rt.db, self.rt.review
+        form = parse_result(ann.get("result"))
+        item_id = judged.item_id
+        before = judged.verdict
+        same = (before is not None and form.verdict == before
+                and sorted(form.categories) == sorted(judged.categories))
+        code: str | None = None
+        detail = "the same verdict and categories: nothing changes"
+        if not same:
+            if reviewer is None:
+                code, detail = ("labelstudio.unknown_user",
+                                "the Label Studio user is not mapped to a lookfirst reviewer")
+            elif form.verdict is None:
+                code, detail = "labelstudio.form_invalid", "no verdict chosen"
+            else:
+                try:
+                    with db.transaction() as s:
+                        item = item_state(s, item_id=item_id)
+                        assert item is not None
+                        svc.claim(s, reviewer_id=reviewer, queue=item.queue, item_id=item_id)
+                        res = svc.decide(s, item_id=item_id, reviewer_id=reviewer,
+                                         verdict=form.verdict, categories=form.categories,
+                                         note=form.notes)
+                        record_labelstudio_annotation_edit(
+                            s, annotation_id=judged.annotation_id, result_sha256=digest,
+                            code=None, now=self._now())
+                        self._audit(s, actor=reviewer, event="labelstudio.annotation_edited",
+                                    subject_id=item_id,
+                                    data={"annotation_id": judged.annotation_id, "via": via,
+                                          "recorded": True, "verdict_id": res.verdict_id})
+                    return "recorded"
+                except ReviewError as exc:
+                    code, detail = exc.code, exc.detail
+        with db.transaction() as s:
+            record_labelstudio_annotation_edit(s, annotation_id=judged.annotation_id,
+                                               result_sha256=digest, code=code,
+                                               now=self._now())
+            self._audit(s, actor=reviewer or "labelstudio-user:unknown",
+                        event="labelstudio.annotation_edited", subject_id=item_id,
+                        data={"annotation_id": judged.annotation_id, "via": via,
+                              "recorded": False, "refused": code, "detail": detail[:300],
+                              "verdict_before": before,
+                              "verdict_now": form.verdict})
+        if code is None:
+            return "already"
+        log.warning("an annotation edited after its verdict was refused (flagged)",
+                    extra={"item_id": item_id, "annotation_id": judged.annotation_id,
+                           "code": code})
         return "refused"
 
     def _reviewer_for(self, s: Session, ls_user: int | None) -> str | None:
@@ -351,33 +433,62 @@ class LabelStudioSync:
         return labelstudio_reviewer_for_email(s, email=email, ls_user_id=ls_user)
 
     def poll(self) -> PollReport:
-        """Reconcile every annotation in every project (what the webhook missed)."""
+        """Reconcile the annotations of every task Label Studio updated since the last poll
+        (what the webhook missed, and edits): a cursor per project, Label Studio's own
+        `updated_at` of the last task read, kept in the database; each round reads again
+        the tasks of the last `poll_overlap` before it (one committed late is not missed)."""
         rep = PollReport()
+        with self.rt.db.transaction() as s:
+            projects = [p.project_id for p in labelstudio_projects(s).values()]
+            cursors: dict[str, str] = dict(
+                labelstudio_sync_state(s, name="cursor").get("projects", {}))
         try:
-            with self.rt.db.transaction() as s:
-                projects = [p.project_id for p in labelstudio_projects(s).values()]
             for pid in projects:
-                for task_id, anns in self.client.annotated_tasks(pid):
+                since = cursors.get(str(pid))
+                if since is not None:
+                    since = iso_utc(dt.datetime.fromisoformat(since.replace("Z", "+00:00"))
+                                    - self.poll_overlap)
+                deferred, newest = rep.deferred, cursors.get(str(pid))
+                for task_id, anns, updated in self.client.annotated_tasks(pid, since=since):
                     rep.tasks_seen += 1
                     for a in anns:
                         outcome = self.reconcile(task_id, a, via="poller")
                         if outcome in ("recorded", "refused", "deferred", "already"):
                             setattr(rep, outcome, getattr(rep, outcome) + 1)
+                    if updated is not None:
+                        newest = max(newest or updated, updated)
+                # the whole project was read (tasks come in id order, not by time): the
+                # cursor moves, unless an annotation waits to be judged again
+                if rep.deferred == deferred and newest is not None:
+                    cursors[str(pid)] = newest
         except (LabelStudioUnavailable, PipelineError) as exc:
             rep.error = exc.code
-        self._save_state("poll", {"at": self._now().isoformat(), "error": rep.error,
-                                  "recorded": rep.recorded, "refused": rep.refused})
+        now = self._now()
+        self._save_state("cursor", {"projects": cursors})
+        self._save_state("poll", {"at": now.isoformat(), "error": rep.error,
+                                  "recorded": rep.recorded, "refused": rep.refused,
+                                  "tasks_read": rep.tasks_seen,
+                                  "ok_at": now.isoformat() if rep.error is None else
+                                  self._last_ok()})
         return rep
+
+    def _last_ok(self) -> str | None:
+        with self.rt.db.transaction() as s:
+            last = labelstudio_sync_state(s, name="poll")
+        ok = last.get("ok_at")
+        return str(ok) if ok else None
 
     def _save_state(self, name: str, value: Mapping[str, Any]) -> None:
         with self.rt.db.transaction() as s:
             save_labelstudio_sync_state(s, name=name, value=value, now=self._now())
 
     def sync_once(self, worker: OutboxWorker | None = None) -> dict[str, Any]:
-        """One round: enqueue new items, deliver due tasks (through `worker`, over the Label
-        Studio sink; a new one when None), poll annotations."""
+        """One round: enqueue new items and the closing of tasks whose item was decided
+        (anywhere), deliver them (through `worker`, over the Label Studio sink; a new one when
+        None), poll annotations."""
         with self.rt.db.transaction() as s:
             enqueued = self.enqueue_tasks(s)
+            closing = enqueue_labelstudio_closures(s, now=self._now())
         own = worker is None
         worker = worker or task_worker(self)
         try:
@@ -386,16 +497,21 @@ class LabelStudioSync:
             if own:
                 worker.close()
         poll = self.poll()
-        return {"enqueued": enqueued, "delivered": delivery.delivered,
+        return {"enqueued": enqueued, "closing": closing, "delivered": delivery.delivered,
                 "retried": delivery.retried, "dead": delivery.dead,
                 "recorded": poll.recorded, "refused": poll.refused, "deferred": poll.deferred,
                 "poll_error": poll.error}
 
 
 def status(rt: Runtime) -> dict[str, Any]:
-    """Backlog and last sync, for `lookfirst labelstudio status`."""
+    """Backlog, last sync and the poller's lag, for `lookfirst labelstudio status`."""
     with rt.db.transaction() as s:
         st = labelstudio_sync_status(s)
+    poll = st.state.get("poll")
+    lag = None
+    if poll and poll.get("ok_at"):
+        lag = round((rt.review.clock() - dt.datetime.fromisoformat(str(poll["ok_at"])))
+                    .total_seconds(), 1)
     return {
         "url": rt.settings.labelstudio_url,
         "projects": st.projects,
@@ -403,5 +519,10 @@ def status(rt: Runtime) -> dict[str, Any]:
         "open_items_without_task": st.open_items_without_task,
         "outbox": st.outbox,
         "annotations": st.annotations,
-        "last_poll": st.state.get("poll"),
+        "edits_refused": st.edits_refused,
+        "last_poll": poll,
+        #: seconds since the last poll that read Label Studio without an error: nothing
+        #: annotated or edited before then is waiting (None: never polled)
+        "poll_lag_s": lag,
+        "cursor": (st.state.get("cursor") or {}).get("projects", {}),
     }

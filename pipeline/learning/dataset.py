@@ -170,13 +170,13 @@ def build_rows(decisions: Sequence[ReviewedDecision]) -> tuple[list[Row], Counte
 # ---- the split ------------------------------------------------------------------------------
 def check_shares(shares: Mapping[str, float]) -> dict[str, float]:
     """The four shares in split order; each within [0, 1], summing to 1."""
-    from pipeline.errors import PipelineError
+    from models.errors import InvalidArgument
 
     out = {s: float(shares.get(s, 0.0)) for s in SPLIT_ORDER}
     if set(shares) - set(SPLIT_ORDER):
-        raise PipelineError(f"split shares are for {', '.join(SPLIT_ORDER)} only")
+        raise InvalidArgument(f"split shares are for {', '.join(SPLIT_ORDER)} only")
     if any(not 0.0 <= v <= 1.0 for v in out.values()) or abs(sum(out.values()) - 1.0) > 1e-6:
-        raise PipelineError(f"split shares must be within [0, 1] and sum to 1, not {out}")
+        raise InvalidArgument(f"split shares must be within [0, 1] and sum to 1, not {out}")
     return out
 
 

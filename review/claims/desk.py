@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from review.claims.rules import check_claim_limit
 from review.claims.server import DRIVER_SQL
 from review.db import Database
+from review.errors import ReviewError
 from review.values import ItemView
 
 if TYPE_CHECKING:
@@ -51,7 +52,14 @@ class ClaimDesk:
             now=now, reviewer_id=reviewer_id, item_id=item_id,
             lease=lambda: self._lease(reviewer_id, queue, item_id, limit, now),
             sweep=self._sweep,
+            explain=lambda refusal: self._explain(reviewer_id, queue, item_id, refusal),
         )
+
+    def _explain(self, reviewer_id: str, queue: str | None, item_id: int | None,
+                 refusal: ReviewError) -> ReviewError:
+        with self.db.transaction() as s:
+            return self.claims.explain(s, reviewer_id=reviewer_id, queue=queue,
+                                       item_id=item_id, refusal=refusal)
 
     def _sweep(self) -> int:
         with self.db.transaction() as s:

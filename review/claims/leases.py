@@ -12,10 +12,11 @@ from sqlalchemy import Integer, Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from review._core import SYSTEM, Core
+from review.claims.explain import explain as explain_claim
 from review.claims.local import LocalClaims
 from review.claims.rules import check_claim_limit, nothing_claimed
 from review.claims.server import ServerClaims
-from review.errors import NotClaimant, NotFound
+from review.errors import NoQueues, NotClaimant, NotFound, ReviewError
 from review.reads import Reads
 from review.reviewers import Reviewers
 from review.schema import ReviewItem, VerdictRow
@@ -76,22 +77,35 @@ class Claims:
 
     def with_sweeps(self, *, now: dt.datetime, reviewer_id: str, item_id: int | None,
                     lease: Callable[[], list[ItemView]],
-                    sweep: Callable[[], int]) -> list[ItemView]:
+                    sweep: Callable[[], int],
+                    explain: Callable[[ReviewError], ReviewError] | None = None
+                    ) -> list[ItemView]:
         """The one claim loop: return expired leases when a sweep is due, try `lease`; when
         it finds nothing, sweep (whatever the interval) and, if that returned any item, try
         once more; still nothing is `NothingToClaim` (`InvalidTransition` for a named item).
-        `sweep` returns how many leases it returned; the caller decides the transactions."""
+        `sweep` returns how many leases it returned; the caller decides the transactions.
+        `explain` turns a refusal for finding nothing into one that says why (`explain.py`)."""
         if self.sweeper.due(now):
             self.sweeper.mark(now)
             sweep()
-        views = lease()
+        try:
+            views = lease()
+            if not views:
+                self.sweeper.mark(now)
+                if sweep():
+                    views = lease()
+        except NoQueues as exc:
+            raise (explain(exc) if explain else exc) from None
         if not views:
-            self.sweeper.mark(now)
-            if sweep():
-                views = lease()
-        if not views:
-            raise nothing_claimed(reviewer_id, item_id)
+            refusal = nothing_claimed(reviewer_id, item_id)
+            raise explain(refusal) if explain else refusal
         return views
+
+    def explain(self, s: Session, *, reviewer_id: str, queue: str | None,
+                item_id: int | None, refusal: ReviewError) -> ReviewError:
+        """Why this reviewer's claim found nothing (see `review.claims.explain`)."""
+        return explain_claim(s, self.core.config, reviewer_id=reviewer_id, queue=queue,
+                             item_id=item_id, fallback=refusal)
 
     def claim_many(self, s: Session, *, reviewer_id: str, queue: str | None = None,
                    item_id: int | None = None, limit: int = 1) -> list[ItemView]:
@@ -103,6 +117,8 @@ class Claims:
             lease=lambda: self.lease(s, reviewer_id=reviewer_id, queue=queue, item_id=item_id,
                                      limit=limit, now=now),
             sweep=lambda: len(self.expire_leases(s)),
+            explain=lambda refusal: self.explain(s, reviewer_id=reviewer_id, queue=queue,
+                                                 item_id=item_id, refusal=refusal),
         )
 
     # ---- leases ----------------------------------------------------------------------------

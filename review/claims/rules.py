@@ -8,7 +8,13 @@ from typing import Any
 
 from review import audit
 from review.config import ReviewConfig
-from review.errors import ExposureCapReached, InvalidTransition, NothingToClaim, ReviewError
+from review.errors import (
+    ClaimLimit,
+    ExposureCapReached,
+    InvalidTransition,
+    NothingToClaim,
+    ReviewError,
+)
 from review.states import ITEM_TRANSITIONS
 
 MAX_CLAIM_BATCH = 50
@@ -36,7 +42,7 @@ def claim_event_segments(now: dt.datetime, reviewer_id: str) -> tuple[str, str, 
 
 def check_claim_limit(limit: int) -> None:
     if not 1 <= limit <= MAX_CLAIM_BATCH:
-        raise ReviewError(f"a claim takes 1 to {MAX_CLAIM_BATCH} items, not {limit}")
+        raise ClaimLimit(f"a claim takes 1 to {MAX_CLAIM_BATCH} items, not {limit}")
 
 
 def nothing_claimed(reviewer_id: str, item_id: int | None) -> ReviewError:

@@ -57,7 +57,7 @@ def test_score_review_decide_execute_audit(env: dict[str, str]) -> None:
 
     # scoring the same upload again returns the stored decision; nothing is scored twice
     again = js(run(env, "score", str(ROOT / "samples/astronaut.jpg"), "--account", "acct-9",
-                   "--json"))
+                   "--context", "audience=public", "--json"))
     assert again["decision_id"] == decision and again["already_scored"] is True
 
     # before any person has decided, the proposal cannot be executed

@@ -17,7 +17,12 @@ from typer.testing import CliRunner
 
 from review import audit
 from review.db import Database
-from review.errors import InvalidTransition, NotClaimant, NotEntitled, ReviewError
+from review.errors import (
+    AlreadyDecided,
+    NotClaimant,
+    NotEntitled,
+    ReviewError,
+)
 from review.schema import Action, Appeal, AuditEvent, ReviewItem, VerdictRow
 from review.service import NewUpload, ReviewService
 from review.states import ActionStatus, ItemStatus
@@ -144,7 +149,8 @@ def test_two_person_items_get_one_verdict_each_and_wait_for_a_second_person(
             Action.status.not_in([ActionStatus.PROPOSED, ActionStatus.CANCELLED]))).scalar_one()
     assert approved == 0
     for c in copies:  # sam cannot give the second verdict himself, in bulk or one by one
-        with pytest.raises(InvalidTransition), db.transaction() as s:
+        with pytest.raises(AlreadyDecided, match="must come from another reviewer"), \
+                db.transaction() as s:
             svc.claim(s, reviewer_id="sam", item_id=c)
     claim(db, svc, "sue", copies[1])
     with db.transaction() as s:

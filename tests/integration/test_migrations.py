@@ -127,3 +127,48 @@ def test_verdicts_from_before_0013_get_a_direct_credential_and_0013_goes_back(
         assert "uq_verdict_item_credential" in uniques
     finally:
         database.dispose()
+
+
+def test_0014_keeps_judged_annotations_across_upgrade_and_downgrade(db: Database) -> None:
+    """labelstudio_annotation gains what each judgement read (0014); a row written before it
+    survives the upgrade (no digest: never judged again) and the downgrade."""
+    import datetime as dt
+
+    from alembic import command
+    from sqlalchemy import text
+
+    from review.db import alembic_config
+
+    cfg = alembic_config(db.engine)
+    command.downgrade(cfg, "0011")
+    cols = {c["name"] for c in inspect(db.engine).get_columns("labelstudio_annotation")}
+    assert "result_sha256" not in cols
+    at, sha = dt.datetime(2026, 12, 1, 8, 0), "c" * 64
+    with db.engine.begin() as c:
+        c.execute(text("INSERT INTO content (sha256, mime, width, height, size_bytes, "
+                       "created_at) VALUES (:c, 'image/png', 1, 1, 1, :at)"), {"at": at, "c": sha})
+        c.execute(text("INSERT INTO upload (id, content_sha256, account_id, external_id, "
+                       "source, context, received_at) VALUES ('u', :c, 'a', 'x', 'cli', "
+                       "'{}', :at)"), {"at": at, "c": sha})
+        c.execute(text("INSERT INTO decision (id, upload_id, outcome, model_version, "
+                       "policy_version, scores, reasons, queue, created_at) VALUES ('d', 'u', "
+                       "'review', 'm', 'p', '{}', '{}', 'adult', :at)"), {"at": at})
+        c.execute(text("INSERT INTO review_item (id, decision_id, kind, queue, severity, "
+                       "priority, status, reviewers_required, account_id, content_sha256, "
+                       "due_at, rank_at, created_at, updated_at) VALUES (1, 'd', 'initial', "
+                       "'adult', 'high', 1, 'pending', 1, 'a', :c, :at, :at, :at, :at)"),
+                  {"at": at, "c": sha})
+        c.execute(text("INSERT INTO labelstudio_annotation (annotation_id, task_id, item_id, "
+                       "status, via, created_at) VALUES (7, 70, 1, 'refused', 'poller', :at)"),
+                  {"at": at})
+    db.upgrade()
+    with db.engine.connect() as c:
+        row = c.execute(text("SELECT annotation_id, result_sha256, edit_code, edited_at FROM "
+                             "labelstudio_annotation")).one()
+    assert tuple(row) == (7, None, None, None)
+    command.downgrade(cfg, "0011")
+    with db.engine.connect() as c:
+        assert c.execute(text("SELECT annotation_id FROM labelstudio_annotation")
+                         ).scalar_one() == 7
+    db.upgrade()
+    assert current_revision(db.engine) == "0014"

@@ -426,8 +426,10 @@ def test_a_reviewer_cannot_claim_see_or_decide_outside_their_queues(
         svc.claim(s, reviewer_id="alice", queue="severe")
     with pytest.raises(NothingToClaim), seeded.transaction() as s:
         svc.claim(s, reviewer_id="alice")  # her own queues are empty; severe is not hers
-    with pytest.raises(InvalidTransition), seeded.transaction() as s:
+    with pytest.raises(NotEntitled, match="is not a member of it") as named, \
+            seeded.transaction() as s:
         svc.claim(s, reviewer_id="alice", item_id=severe)
+    assert "lookfirst reviewers grant alice --queue severe --role senior" in named.value.detail
     with pytest.raises(NotEntitled), seeded.transaction() as s:
         svc.show(s, severe, viewer="alice")
     with seeded.transaction() as s:
@@ -500,9 +502,11 @@ def test_irreversible_actions_need_two_distinct_reviewers(
     acts = actions_of(svc, seeded, r.decision_id)
     assert {k for k, a in acts.items() if a["irreversible"]} == {"terminate", "report"}
     assert all(a["status"] == "proposed" for a in acts.values())
-    with pytest.raises(NothingToClaim), seeded.transaction() as s:
+    with pytest.raises(NothingToClaim, match="1 item in 'alice'.s queues needs another "
+                       "reviewer"), seeded.transaction() as s:
         svc.claim(s, reviewer_id="alice")
-    with pytest.raises(InvalidTransition), seeded.transaction() as s:
+    with pytest.raises(AlreadyDecided, match="the next verdict must come from another "
+                       "reviewer"), seeded.transaction() as s:
         svc.claim(s, reviewer_id="alice", item_id=r.item_id)
     with pytest.raises(ActionNotApproved), seeded.transaction() as s:
         svc.execute(s, action_id=acts["report"]["id"], actor="alice")
