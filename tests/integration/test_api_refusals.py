@@ -65,7 +65,7 @@ def test_claim_refusals_say_why(api: ApiServer, client: httpx.Client) -> None:
     api.add_reviewer("carol", ["medical", "appeals"], roles=["medical"])
     first = classify(client, red_png(), f"up-{uuid.uuid4().hex[:8]}", medical_sharing="true")
     d = first.json()
-    with api.client(api.key("review")) as rc:
+    with api.client(api.key("review", "delegate")) as rc:  # a console acting for each
         detail = refused(rc.post("/v1/review/claim", headers={"X-Reviewer": "bob"}, json={}),
                          403, "review.not_entitled")
         assert "wait in queue 'medical', which needs role 'medical' that 'bob' lacks" in detail \
