@@ -336,7 +336,7 @@ class ClassifyService:
                 image: IngestedImage = await loop.run_in_executor(
                     self.orch.pool,
                     lambda: ingest_bytes(inp.data, max_bytes=settings.max_upload_bytes,
-                                         max_pixels=settings.max_pixels),
+                                         max_pixels=settings.max_pixels, pdq=True),
                 )
             except BaseException:
                 await self._budget.release(held)
@@ -408,7 +408,7 @@ def _decode_peak_bytes(data: bytes) -> int:
 def _decide(
     orch: Orchestrator, scored: Scored, image: IngestedImage, data: bytes, result: ScoreResult
 ) -> None:
-    orch.decide(scored, image, data, result, orch.bank_match(image.sha256))
+    orch.decide(scored, image, data, result, orch.bank_match(scored.request, image))
 
 
 def _fill_from_store(orch: Orchestrator, s: Session, scored: Scored, found: Recorded) -> None:

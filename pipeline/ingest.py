@@ -39,6 +39,7 @@ from pipeline.errors import (
     ImageTooManyPixels,
     ImageUnsupportedType,
 )
+from pipeline.hashing.pdq import DihedralPdq, pdq_dihedral
 
 __all__ = ["MIME_TYPES", "IngestedImage", "ingest_bytes", "ingest_path", "sniff"]
 
@@ -114,6 +115,8 @@ class IngestedImage:
     height: int
     size_bytes: int
     pixels: npt.NDArray[np.uint8] = field(repr=False, compare=False)
+    #: the eight dihedral PDQ hashes and quality (`ingest_bytes(..., pdq=True)`), for the banks
+    pdq: DihedralPdq | None = field(default=None, repr=False, compare=False)
 
 
 def sniff(data: bytes) -> str:
@@ -136,12 +139,15 @@ def sniff(data: bytes) -> str:
     raise ImageUnsupportedType()
 
 
-def ingest_bytes(data: bytes, *, max_bytes: int, max_pixels: int) -> IngestedImage:
+def ingest_bytes(
+    data: bytes, *, max_bytes: int, max_pixels: int, pdq: bool = False
+) -> IngestedImage:
     """Check, decode and normalise one upload; raise an `ImageError` subclass if it is refused.
 
     Order matters: the size limit first (cheapest, and bounds all later work), then the type
     from magic bytes, then the declared dimensions against the pixel limit before Pillow has
-    allocated anything, then a full decode in which truncation is an error.
+    allocated anything, then a full decode in which truncation is an error.  `pdq`: also hash
+    the decoded pixels (PDQ and its dihedral variants) for the hash banks, from this decode.
     """
     if max_bytes <= 0 or max_pixels <= 0:
         raise ValueError("max_bytes and max_pixels must be positive")
@@ -164,6 +170,7 @@ def ingest_bytes(data: bytes, *, max_bytes: int, max_pixels: int) -> IngestedIma
         height=height,
         size_bytes=size,
         pixels=pixels,
+        pdq=pdq_dihedral(pixels) if pdq else None,
     )
 
 
