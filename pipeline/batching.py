@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from models.base import RGBImage, ScoreResult
 from pipeline.errors import ErrorKind, PipelineError
-from pipeline.ingest import IngestedImage, declared_size, ingest_bytes, sniff
+from pipeline.ingest import IngestedImage, declared_size, ingest_bytes, sniff, with_pdq
 from pipeline.metrics import ApiMetrics
 from pipeline.policy import Context
 from pipeline.runtime import Runtime
@@ -335,8 +335,9 @@ class ClassifyService:
             try:
                 image: IngestedImage = await loop.run_in_executor(
                     self.orch.pool,
-                    lambda: ingest_bytes(inp.data, max_bytes=settings.max_upload_bytes,
-                                         max_pixels=settings.max_pixels, pdq=True),
+                    lambda: with_pdq(ingest_bytes(inp.data,
+                                                  max_bytes=settings.max_upload_bytes,
+                                                  max_pixels=settings.max_pixels)),
                 )
             except BaseException:
                 await self._budget.release(held)

@@ -15,7 +15,7 @@ import logging
 import os
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, NoReturn
 
 import numpy as np
@@ -41,7 +41,7 @@ from pipeline.errors import (
 )
 from pipeline.hashing.pdq import DihedralPdq, pdq_dihedral
 
-__all__ = ["MIME_TYPES", "IngestedImage", "ingest_bytes", "ingest_path", "sniff"]
+__all__ = ["MIME_TYPES", "IngestedImage", "ingest_bytes", "ingest_path", "sniff", "with_pdq"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class IngestedImage:
     height: int
     size_bytes: int
     pixels: npt.NDArray[np.uint8] = field(repr=False, compare=False)
-    #: the eight dihedral PDQ hashes and quality (`ingest_bytes(..., pdq=True)`), for the banks
+    #: the eight dihedral PDQ hashes and quality (`with_pdq`), for the banks
     pdq: DihedralPdq | None = field(default=None, repr=False, compare=False)
 
 
@@ -139,15 +139,12 @@ def sniff(data: bytes) -> str:
     raise ImageUnsupportedType()
 
 
-def ingest_bytes(
-    data: bytes, *, max_bytes: int, max_pixels: int, pdq: bool = False
-) -> IngestedImage:
+def ingest_bytes(data: bytes, *, max_bytes: int, max_pixels: int) -> IngestedImage:
     """Check, decode and normalise one upload; raise an `ImageError` subclass if it is refused.
 
     Order matters: the size limit first (cheapest, and bounds all later work), then the type
     from magic bytes, then the declared dimensions against the pixel limit before Pillow has
-    allocated anything, then a full decode in which truncation is an error.  `pdq`: also hash
-    the decoded pixels (PDQ and its dihedral variants) for the hash banks, from this decode.
+    allocated anything, then a full decode in which truncation is an error.
     """
     if max_bytes <= 0 or max_pixels <= 0:
         raise ValueError("max_bytes and max_pixels must be positive")
@@ -170,8 +167,13 @@ def ingest_bytes(
         height=height,
         size_bytes=size,
         pixels=pixels,
-        pdq=pdq_dihedral(pixels) if pdq else None,
     )
+
+
+def with_pdq(image: IngestedImage) -> IngestedImage:
+    """The image with its PDQ hashes (the eight dihedral ones and the quality), for the hash
+    banks: computed once, from the pixels this ingest decoded."""
+    return replace(image, pdq=pdq_dihedral(image.pixels))
 
 
 def ingest_path(path: str | os.PathLike[str], *, max_bytes: int, max_pixels: int) -> IngestedImage:

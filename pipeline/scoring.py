@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from models.base import ScoreResult
 from pipeline.banks import BankHit, Query
 from pipeline.errors import ImageTooLarge, PipelineError
-from pipeline.ingest import IngestedImage, ingest_bytes
+from pipeline.ingest import IngestedImage, ingest_bytes, with_pdq
 from pipeline.policy import Context
 from pipeline.routing import route
 from pipeline.runtime import Runtime
@@ -121,10 +121,9 @@ def _read(req: UploadRequest, max_bytes: int) -> bytes:
 def _prepare(rt: Runtime, req: UploadRequest) -> tuple[IngestedImage, bytes] | PipelineError:
     try:
         data = _read(req, rt.settings.max_upload_bytes)
-        image = ingest_bytes(
-            data, max_bytes=rt.settings.max_upload_bytes, max_pixels=rt.settings.max_pixels,
-            pdq=True,
-        )
+        image = with_pdq(ingest_bytes(
+            data, max_bytes=rt.settings.max_upload_bytes, max_pixels=rt.settings.max_pixels
+        ))
         return image, data
     except PipelineError as exc:
         return exc

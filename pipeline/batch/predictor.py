@@ -30,7 +30,7 @@ from pipeline.blobs import LocalBlobStore
 from pipeline.errors import ErrorKind, ImageTooLarge, PipelineError
 from pipeline.evidence import evidence_rows, shadow_rows
 from pipeline.hashing.pdq import DihedralPdq
-from pipeline.ingest import IngestedImage, ingest_bytes
+from pipeline.ingest import IngestedImage, ingest_bytes, with_pdq
 
 __all__ = ["OUTPUT_COLUMNS", "Prediction", "Predictor", "PredictorSpec", "read_bytes",
            "rows_to_batch", "worker_init", "worker_predict"]
@@ -175,7 +175,7 @@ class Predictor:
                             ) from None
         if len(data) > limit:
             raise ImageTooLarge(f"the file is larger than {limit} bytes")
-        image = ingest_bytes(data, max_bytes=limit, max_pixels=self.spec.max_pixels, pdq=True)
+        image = with_pdq(ingest_bytes(data, max_bytes=limit, max_pixels=self.spec.max_pixels))
         return image, data
 
     def __call__(self, batch: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
