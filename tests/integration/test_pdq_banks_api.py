@@ -102,3 +102,38 @@ def test_a_cleared_medical_photo_is_not_flagged_again_when_resent_recompressed(
                                                                ("pdq", family)}
     verified = cli(api, "audit", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@pytest.mark.model
+def test_a_violating_pdq_match_goes_to_review_and_a_reviewer_can_mark_it_false(
+    api: ApiServer, client: httpx.Client, reviewers: httpx.Client, tmp_path: Any
+) -> None:
+    from pipeline.hashing.pdq import pdq_hash
+
+    listed = tmp_path / "list.pdq"
+    listed.write_text(pdq_hash(sample("rocket")).hex + "\n")
+    imported = cli(api, "banks", "import", str(listed), "--format", "pdq", "--json")
+    assert imported.returncode == 0 and json.loads(imported.stdout)["added"] == 1
+
+    account = f"acct-{uuid.uuid4().hex[:8]}"
+    hit = classify(client, reshared(sample("rocket"), half_size, quality=30), account)
+    assert hit["outcome"] in ("review", "hold") and hit["queue"] == "severe", hit
+    bank = hit["reasons"]["bank"]
+    assert bank["bank"] == "violating" and bank["kind"] == "pdq" and bank["distance"] <= 31
+    # never an automatic account action: at most the reversible content hold
+    st = client.get(f"/v1/decisions/{hit['decision_id']}").json()
+    assert {a["status"] for a in st["actions"] if a["kind"] != "hold_content"} <= {"proposed"}
+    assert st["bank_match"]["entry_id"] == bank["entry_id"]
+
+    url = f"/v1/review/bank-matches/{hit['decision_id']}"
+    refused = reviewers.post(url, json={"verdict": "false"})  # who is acting?
+    assert refused.status_code == 422 and refused.json()["code"] == "request.invalid"
+    missing = reviewers.post("/v1/review/bank-matches/no-such", headers={"X-Reviewer": "eli"},
+                             json={"verdict": "false"})
+    assert missing.status_code == 404 and missing.json()["code"] == "bank.not_found"
+    judged = reviewers.post(url, headers={"X-Reviewer": "eli"},
+                            json={"verdict": "false", "note": "a rocket launch"})
+    assert judged.status_code == 200, judged.text
+    assert [e["state"] for e in judged.json()["entries"]] == ["demoted"]
+    after = classify(client, reshared(sample("rocket"), half_size, quality=40), account)
+    assert after["reasons"]["bank_match"] is None
