@@ -47,6 +47,8 @@ def review_config(policy: Policy, settings: Settings) -> ReviewConfig:
         notice_period=dt.timedelta(hours=settings.notice_period_hours),
         bank_flood_limit=settings.bank_flood_limit,
         bank_flood_window=dt.timedelta(seconds=settings.bank_flood_window_s),
+        pdq_threshold=settings.bank_pdq_threshold,
+        pdq_quality_floor=settings.bank_pdq_quality_floor,
     )
 
 

@@ -23,6 +23,8 @@ from review.banks import BANKS, BadBankEntry, BankEntryNotFound
 from review.banks import NewEntry as NewBankEntry
 from review.banks import add as add_to_bank
 from review.banks import changes_since as bank_changes_since
+from review.banks import cluster_items as bank_cluster
+from review.banks import cluster_sizes as bank_cluster_sizes
 from review.banks import current_seq as bank_current_seq
 from review.banks import import_entries as import_bank_entries
 from review.banks import import_hashes as import_bank_hashes
@@ -184,6 +186,8 @@ __all__ = [
     "NewBankEntry",
     "add_to_bank",
     "bank_changes_since",
+    "bank_cluster",
+    "bank_cluster_sizes",
     "bank_current_seq",
     "bank_lookup_sha256",
     "import_bank_entries",

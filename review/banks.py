@@ -29,12 +29,15 @@ from sqlalchemy.orm import Session
 from review import audit
 from review.errors import NotFound, ReviewError
 from review.schema import BankCounter, BankEntry, BankMatch, Content, Decision, ReviewItem
+from review.states import OPEN_ITEM_STATUSES
 
 BANKS = ("violating", "cleared_benign")
 KINDS = ("sha256", "pdq")
 STATES = ("active", "quarantined", "demoted", "removed")
 #: PDQ's customary threshold, used where the review store compares two PDQ hashes itself
 PDQ_THRESHOLD = 31
+#: below this PDQ quality a hash is noise: no clearance, no cluster is built on it
+PDQ_QUALITY_FLOOR = 50
 _BANK = cast(Table, BankEntry.__table__)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -382,3 +385,62 @@ def overrule_clearances(
                       event="bank.demoted", data={"item_id": item.id})
             demoted.append(eid)
     return demoted
+
+
+# ---- clusters: near-duplicates waiting in one queue --------------------------------------
+def cluster(
+    s: Session, item: ReviewItem, *, threshold: int = PDQ_THRESHOLD,
+    quality_floor: int = PDQ_QUALITY_FLOOR,
+) -> list[str]:
+    """The contents of the open items in `item`'s queue whose PDQ hash is within `threshold`
+    bits of its own (its own content first).  Refused for an item whose content has no PDQ
+    hash of at least `quality_floor`: a flat image is like every other flat image."""
+    own = s.get(Content, item.content_sha256)
+    if own is None or own.pdq is None or (own.pdq_quality or 0) < quality_floor:
+        raise ReviewError(f"review item {item.id} has no usable PDQ hash (quality below "
+                          f"{quality_floor}); decide it by its sha256")
+    out, mine = [own.sha256], own.pdq
+    rows = s.execute(
+        select(Content.sha256, Content.pdq).distinct()
+        .join(ReviewItem, ReviewItem.content_sha256 == Content.sha256)
+        .where(ReviewItem.queue == item.queue, ReviewItem.status.in_(OPEN_ITEM_STATUSES),
+               Content.pdq.is_not(None), Content.pdq_quality >= quality_floor,
+               Content.sha256 != own.sha256)
+    ).all()
+    out += sorted(sha for sha, pdq in rows if pdq and _hamming(pdq, mine) <= threshold)
+    return out
+
+
+def cluster_sizes(
+    s: Session, item_ids: Sequence[int], *, threshold: int = PDQ_THRESHOLD,
+    quality_floor: int = PDQ_QUALITY_FLOOR,
+) -> dict[int, int]:
+    """How many open items of its queue (itself included) each item's cluster holds; 1 for an
+    item without a usable PDQ hash."""
+    out: dict[int, int] = {}
+    for item_id in item_ids:
+        item = s.get(ReviewItem, item_id)
+        if item is None:
+            continue
+        try:
+            shas = cluster(s, item, threshold=threshold, quality_floor=quality_floor)
+        except ReviewError:
+            out[item_id] = 1
+            continue
+        out[item_id] = int(s.execute(select(func.count()).select_from(ReviewItem).where(
+            ReviewItem.queue == item.queue, ReviewItem.status.in_(OPEN_ITEM_STATUSES),
+            ReviewItem.content_sha256.in_(shas))).scalar() or 1)
+    return out
+
+
+def cluster_items(s: Session, item_id: int, *, threshold: int = PDQ_THRESHOLD,
+                  quality_floor: int = PDQ_QUALITY_FLOOR) -> dict[str, Any]:
+    """An item's cluster: the open items of its queue showing a near-duplicate (PDQ)."""
+    item = s.get(ReviewItem, item_id)
+    if item is None:
+        raise NotFound(f"no review item {item_id}")
+    shas = cluster(s, item, threshold=threshold, quality_floor=quality_floor)
+    ids = s.execute(select(ReviewItem.id).where(
+        ReviewItem.queue == item.queue, ReviewItem.status.in_(OPEN_ITEM_STATUSES),
+        ReviewItem.content_sha256.in_(shas)).order_by(ReviewItem.id)).scalars().all()
+    return {"item_id": item_id, "queue": item.queue, "size": len(ids), "items": list(ids)}

@@ -50,6 +50,10 @@ class ReviewConfig:
     #: quarantined pending review
     bank_flood_limit: int = 1000
     bank_flood_window: dt.timedelta = dt.timedelta(hours=1)
+    #: PDQ hashes at most this many bits apart show the same picture (clusters, overrules);
+    #: below the quality floor a hash is noise
+    pdq_threshold: int = 31
+    pdq_quality_floor: int = 50
 
     def rules(self, queue: str) -> QueueRules:
         try:

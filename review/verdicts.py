@@ -289,7 +289,8 @@ class Verdicts:
             out += self.actions.overturn(s, item, approvers[-1])
         elif v == Verdict.VIOLATING:
             banks.overrule_clearances(s, item, actor=approvers[-1].reviewer_id,
-                                      at=self.core.clock())
+                                      at=self.core.clock(),
+                                      threshold=self.core.config.pdq_threshold)
         return out
 
     def _clear(self, s: Session, item: ReviewItem, by: VerdictRow) -> None:

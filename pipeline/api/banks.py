@@ -11,8 +11,9 @@ from pydantic import Field, StringConstraints
 
 from pipeline.api.deps import ReviewKey, SessionDep, StateDep, XReviewer, reviewer
 from pipeline.api.errors import AUTH_ERRORS, responses
-from pipeline.api.schemas import ReviewerId, _Public, _Request
-from review import judge_bank_match
+from pipeline.api.review import ItemPath
+from pipeline.api.schemas import ReviewerId, VerdictCreate, _Public, _Request
+from review import bank_cluster, judge_bank_match
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
 
@@ -48,3 +49,52 @@ def judge(
     return judge_bank_match(s, decision_id=decision_id, entry_id=body.entry_id,
                             verdict=body.verdict, actor=who, at=state.rt.review.clock(),
                             note=body.note)
+
+
+class ClusterPublic(_Public):
+    item_id: int
+    queue: str
+    #: open items of the queue showing a near-duplicate (the item itself included)
+    size: int
+    items: list[int]
+
+
+@router.get(
+    "/items/{item_id}/cluster",
+    response_model=ClusterPublic,
+    summary="The item's cluster: open near-duplicates (PDQ) in its queue",
+    responses=responses(*AUTH_ERRORS, 400, 404),
+)
+def show_cluster(item_id: ItemPath, _key: ReviewKey, state: StateDep,
+                 s: SessionDep) -> dict[str, Any]:
+    cfg = state.rt.review.config
+    return bank_cluster(s, item_id, threshold=cfg.pdq_threshold,
+                        quality_floor=cfg.pdq_quality_floor)
+
+
+class ClusterDecided(_Public):
+    anchor: int
+    #: one per item decided: its status and this reviewer's verdict id
+    items: list[dict[str, Any]]
+
+
+@router.post(
+    "/items/{item_id}/cluster-verdict",
+    response_model=ClusterDecided,
+    summary="Decide the item and its cluster with one verdict",
+    responses=responses(*AUTH_ERRORS, 400, 404, 409),
+)
+def decide_cluster(
+    item_id: ItemPath, body: VerdictCreate, _key: ReviewKey, state: StateDep, s: SessionDep,
+    x_reviewer: XReviewer = None,
+) -> dict[str, Any]:
+    """One act over the item (whose lease the reviewer holds) and every open near-duplicate in
+    its queue the reviewer may claim: a verdict and an audit event per item; an item needing
+    two people gets this reviewer's one verdict and waits for a second."""
+    who = reviewer(x_reviewer, body.reviewer)
+    results = state.rt.review.decide_bulk(s, item_id=item_id, reviewer_id=who,
+                                          verdict=body.verdict, categories=body.categories,
+                                          note=body.note, group="pdq")
+    return {"anchor": item_id, "items": [
+        {"item_id": r.item_id, "status": str(r.status), "verdict_id": r.verdict_id}
+        for r in results]}

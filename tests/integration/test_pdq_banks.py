@@ -7,6 +7,7 @@ The photos are sample photos the tests edit (tests/photos.py)."""
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import select
@@ -16,6 +17,7 @@ from pipeline.hashing.pdq import DihedralPdq, pdq_dihedral
 from review import (
     Database,
     NewUpload,
+    ReviewError,
     ReviewService,
     Routing,
     add_to_bank,
@@ -189,3 +191,55 @@ def test_benign_verdict_clears_and_a_later_violating_verdict_overrules(
     assert all(e.actor == "bob" for e in demoted)
     with db.transaction() as s:
         assert audit_log.verify(s).ok
+
+
+def test_a_cluster_is_decided_in_one_act(db: Database, clock: FakeClock) -> None:
+    """Open items in one queue whose PDQ hashes are near are one cluster: one verdict each, an
+    audit event each, one bulk event; another photo, another queue and a flat image are not
+    in it; a two-person item gets only this reviewer's one verdict."""
+    from review import bank_cluster
+    from review.schema import VerdictRow
+
+    svc = ReviewService(make_config(), clock=clock)
+    with db.transaction() as s:
+        seed_reviewers(svc, s)
+    flat = DihedralPdq(CHELSEA.hashes, 0)
+    with db.transaction() as s:
+        anchor = svc.record(s, _upload(1, COFFEE), _routing(None)).item_id
+        copy = svc.record(s, _upload(2, COFFEE_COPY, "acct-2"), _routing(None)).item_id
+        smaller = svc.record(s, _upload(3, pdq_of(reshared(sample("coffee"), half_size))),
+                              _routing(None)).item_id
+        other = svc.record(s, _upload(4, CHELSEA), _routing(None)).item_id
+        low = svc.record(s, _upload(5, flat), _routing(None)).item_id
+        two = svc.record(s, _upload(6, COFFEE_COPY, "acct-3"),
+                         replace(_routing(None), queue="severe", severity="critical",
+                                 reviewers_required=2)).item_id
+    with db.transaction() as s:
+        shown = bank_cluster(s, anchor)  # type: ignore[arg-type]
+        assert shown["items"] == [anchor, copy, smaller] and shown["size"] == 3
+    with db.transaction() as s:
+        svc.claim(s, reviewer_id="alice", item_id=anchor)
+        done = svc.decide_bulk(s, item_id=anchor, reviewer_id="alice",  # type: ignore[arg-type]
+                               verdict="benign", group="pdq")
+    assert [r.item_id for r in done] == [anchor, copy, smaller]
+    assert other not in {r.item_id for r in done} and low not in {r.item_id for r in done}
+    (bulk,) = events(db, "bulk.decided")
+    assert bulk.data["group"] == "pdq" and bulk.data["items"] == [anchor, copy, smaller]
+    with db.transaction() as s:
+        verdicts = s.execute(select(VerdictRow.item_id)).scalars().all()
+        assert sorted(verdicts) == [anchor, copy, smaller]
+    # the severe-queue copy is another queue's cluster; decided there, it gets one verdict
+    with db.transaction() as s:
+        svc.claim(s, reviewer_id="sam", item_id=two)
+        (res,) = svc.decide_bulk(s, item_id=two, reviewer_id="sam",  # type: ignore[arg-type]
+                                 verdict="benign", group="pdq")
+        assert str(res.status) == "awaiting_second"
+    with db.transaction() as s:  # a flat image has no cluster
+        svc.claim(s, reviewer_id="bob", item_id=low)
+        try:
+            svc.decide_bulk(s, item_id=low, reviewer_id="bob",  # type: ignore[arg-type]
+                            verdict="benign", group="pdq")
+        except ReviewError as exc:
+            assert "no usable PDQ hash" in exc.detail
+        else:
+            raise AssertionError("a flat image made a cluster")
