@@ -243,3 +243,26 @@ def test_a_cluster_is_decided_in_one_act(db: Database, clock: FakeClock) -> None
             assert "no usable PDQ hash" in exc.detail
         else:
             raise AssertionError("a flat image made a cluster")
+
+
+def test_label_studio_tasks_show_the_cluster_size(db_url: str, tmp_path: Any) -> None:
+    """The task a reviewer opens says how many near-duplicates wait with it (no Label Studio
+    needed: the task's data is built from the review store)."""
+    from pipeline.labelstudio.sync import LabelStudioSync
+    from pipeline.runtime import Runtime
+    from pipeline.settings import Settings
+
+    rt = Runtime(Settings(data_dir=tmp_path, database_url=db_url, labelstudio_token="unused"))
+    try:
+        rt.db.upgrade()
+        with rt.db.transaction() as s:
+            items = [rt.review.record(s, _upload(n, pdq), _routing(None)).item_id
+                     for n, pdq in enumerate([COFFEE, COFFEE_COPY, CHELSEA], 1)]
+        sync = LabelStudioSync(rt)
+        with rt.db.transaction() as s:
+            data = [sync.task_data(s, i)["data"] for i in items]  # type: ignore[arg-type]
+        assert [d["cluster_size"] for d in data] == [2, 2, 1]
+        assert "Near-duplicates open in this queue: 2 items" in data[0]["reasons_text"]
+        assert "Near-duplicates" not in data[2]["reasons_text"]
+    finally:
+        rt.close()
