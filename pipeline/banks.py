@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.hashing.index import PdqIndex
 from pipeline.hashing.pdq import DihedralPdq
+from pipeline.policy import Policy
 from pipeline.settings import Settings
 from review import bank_changes_since, bank_lookup_sha256
 
@@ -96,11 +97,12 @@ class BankMatcher:
         self._refresh = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> BankMatcher:
+    def from_settings(cls, settings: Settings, policy: Policy) -> BankMatcher:
+        """The settings' threshold, floor and lookup; the policy's clearance scope."""
         return cls(threshold=settings.bank_pdq_threshold,
                    quality_floor=settings.bank_pdq_quality_floor,
                    exhaustive=settings.bank_pdq_exhaustive,
-                   cross_account=settings.bank_clearance_cross_account)
+                   cross_account=policy.banks.clearance_scope == "global")
 
     @property
     def seq(self) -> int:

@@ -171,7 +171,7 @@ class Runtime:
         if self._banks is None:
             with self._lock:
                 if self._banks is None:
-                    self._banks = BankMatcher.from_settings(self.settings)
+                    self._banks = BankMatcher.from_settings(self.settings, self.policy)
         return self._banks
 
     @property

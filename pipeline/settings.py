@@ -118,9 +118,6 @@ class Settings(BaseSettings):
     bank_pdq_quality_floor: int = Field(default=50, ge=0, le=100)
     #: probe every one-bit neighbour too: complete up to the threshold, ~10x slower lookups
     bank_pdq_exhaustive: bool = False
-    #: a clearance scoped to one account (a reviewer's benign verdict on its upload) also
-    #: clears near-duplicates from other accounts
-    bank_clearance_cross_account: bool = False
     #: flood protection: an entry matching more uploads than this within the window is
     #: quarantined pending review
     bank_flood_limit: int = Field(default=1000, ge=1)

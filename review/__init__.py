@@ -19,7 +19,7 @@ from review.apikeys import (
 from review.audit import ChainReport as AuditReport
 from review.audit import append as append_audit_event
 from review.audit import verify as verify_audit_log
-from review.banks import BANKS, BadBankEntry, BankEntryNotFound
+from review.banks import BANKS, BadBankEntry, BankEntryNotFound, NoUsablePdq
 from review.banks import NewEntry as NewBankEntry
 from review.banks import add as add_to_bank
 from review.banks import changes_since as bank_changes_since
@@ -169,6 +169,7 @@ __all__ = [
     "AuditChainBroken",
     "BadBankEntry",
     "BankEntryNotFound",
+    "NoUsablePdq",
     "ExposureCapReached",
     "InvalidTransition",
     "NotClaimant",

@@ -55,6 +55,13 @@ class BankEntryNotFound(NotFound):
     code = "bank.not_found"
 
 
+class NoUsablePdq(ReviewError):
+    """The item's content has no PDQ hash of enough quality to find near-duplicates by."""
+
+    code = "bank.no_usable_pdq"
+    kind = "unprocessable"
+
+
 @dataclass(frozen=True, slots=True)
 class NewEntry:
     """One hash to add: what the import reader or a verdict hands over."""
@@ -397,7 +404,7 @@ def cluster(
     hash of at least `quality_floor`: a flat image is like every other flat image."""
     own = s.get(Content, item.content_sha256)
     if own is None or own.pdq is None or (own.pdq_quality or 0) < quality_floor:
-        raise ReviewError(f"review item {item.id} has no usable PDQ hash (quality below "
+        raise NoUsablePdq(f"review item {item.id} has no usable PDQ hash (quality below "
                           f"{quality_floor}); decide it by its sha256")
     out, mine = [own.sha256], own.pdq
     rows = s.execute(
@@ -424,7 +431,7 @@ def cluster_sizes(
             continue
         try:
             shas = cluster(s, item, threshold=threshold, quality_floor=quality_floor)
-        except ReviewError:
+        except NoUsablePdq:
             out[item_id] = 1
             continue
         out[item_id] = int(s.execute(select(func.count()).select_from(ReviewItem).where(
@@ -435,12 +442,18 @@ def cluster_sizes(
 
 def cluster_items(s: Session, item_id: int, *, threshold: int = PDQ_THRESHOLD,
                   quality_floor: int = PDQ_QUALITY_FLOOR) -> dict[str, Any]:
-    """An item's cluster: the open items of its queue showing a near-duplicate (PDQ)."""
+    """An item's cluster: the open items of its queue showing a near-duplicate (PDQ); the item
+    alone (`hashed` false) when its content has no usable PDQ hash."""
     item = s.get(ReviewItem, item_id)
     if item is None:
         raise NotFound(f"no review item {item_id}")
-    shas = cluster(s, item, threshold=threshold, quality_floor=quality_floor)
+    try:
+        shas = cluster(s, item, threshold=threshold, quality_floor=quality_floor)
+    except NoUsablePdq:
+        return {"item_id": item_id, "queue": item.queue, "size": 1, "items": [item_id],
+                "hashed": False}
     ids = s.execute(select(ReviewItem.id).where(
         ReviewItem.queue == item.queue, ReviewItem.status.in_(OPEN_ITEM_STATUSES),
         ReviewItem.content_sha256.in_(shas)).order_by(ReviewItem.id)).scalars().all()
-    return {"item_id": item_id, "queue": item.queue, "size": len(ids), "items": list(ids)}
+    return {"item_id": item_id, "queue": item.queue, "size": len(ids), "items": list(ids),
+            "hashed": True}

@@ -57,13 +57,15 @@ class ClusterPublic(_Public):
     #: open items of the queue showing a near-duplicate (the item itself included)
     size: int
     items: list[int]
+    #: false: the item's content has no usable PDQ hash (a flat image), so it is alone
+    hashed: bool
 
 
 @router.get(
     "/items/{item_id}/cluster",
     response_model=ClusterPublic,
     summary="The item's cluster: open near-duplicates (PDQ) in its queue",
-    responses=responses(*AUTH_ERRORS, 400, 404),
+    responses=responses(*AUTH_ERRORS, 404),
 )
 def show_cluster(item_id: ItemPath, _key: ReviewKey, state: StateDep,
                  s: SessionDep) -> dict[str, Any]:
@@ -82,7 +84,7 @@ class ClusterDecided(_Public):
     "/items/{item_id}/cluster-verdict",
     response_model=ClusterDecided,
     summary="Decide the item and its cluster with one verdict",
-    responses=responses(*AUTH_ERRORS, 400, 404, 409),
+    responses=responses(*AUTH_ERRORS, 400, 404, 409, 422),
 )
 def decide_cluster(
     item_id: ItemPath, body: VerdictCreate, _key: ReviewKey, state: StateDep, s: SessionDep,

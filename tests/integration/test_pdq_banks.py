@@ -12,12 +12,12 @@ from typing import Any
 
 from sqlalchemy import select
 
-from pipeline.banks import BankMatcher, Query
+from pipeline.banks import BankHit, BankMatcher, Query
 from pipeline.hashing.pdq import DihedralPdq, pdq_dihedral
 from review import (
     Database,
     NewUpload,
-    ReviewError,
+    NoUsablePdq,
     ReviewService,
     Routing,
     add_to_bank,
@@ -236,11 +236,12 @@ def test_a_cluster_is_decided_in_one_act(db: Database, clock: FakeClock) -> None
         assert str(res.status) == "awaiting_second"
     with db.transaction() as s:  # a flat image has no cluster
         svc.claim(s, reviewer_id="bob", item_id=low)
+        assert bank_cluster(s, low)["items"] == [low]  # type: ignore[arg-type]
         try:
             svc.decide_bulk(s, item_id=low, reviewer_id="bob",  # type: ignore[arg-type]
                             verdict="benign", group="pdq")
-        except ReviewError as exc:
-            assert "no usable PDQ hash" in exc.detail
+        except NoUsablePdq as exc:
+            assert exc.code == "bank.no_usable_pdq"
         else:
             raise AssertionError("a flat image made a cluster")
 
@@ -266,3 +267,39 @@ def test_label_studio_tasks_show_the_cluster_size(db_url: str, tmp_path: Any) ->
         assert "Near-duplicates" not in data[2]["reasons_text"]
     finally:
         rt.close()
+
+
+def test_the_policy_decides_what_a_clearance_does() -> None:
+    """`banks.cleared_match: sample` draws a share of cleared matches into the QA queue at low
+    priority (deterministically per content); `allow` never does; bad values are refused."""
+    from pathlib import Path
+
+    import pytest
+
+    from models.base import ScoreResult
+    from pipeline.errors import PolicyError
+    from pipeline.policy import Context, bundled_policy, policy_from_text
+    from pipeline.routing import route
+
+    demo = bundled_policy("demo")
+    text = Path(demo.source).read_text()
+    sampled = policy_from_text(
+        text + "\nbanks: {cleared_match: sample, cleared_sample_rate: 0.5}\n")
+    face = ScoreResult(model_version="m@sha256:0", scores={"person.face": 0.9})
+    hit = BankHit(bank="cleared_benign", entry_id=1, kind="pdq", distance=8, source="verdict:1",
+                  added_by="dana", added_at="2026-11-25T12:00:00+00:00", origin_item_id=4,
+                  scope_account="acct-1")
+    draws = [route(sampled, face, context=Context(), sha256=f"{n:064x}", bank_hit=hit)
+             for n in range(40)]
+    picked = [r for r in draws if r.qa_sample]
+    assert all(r.outcome == "allow" for r in draws)
+    assert 5 < len(picked) < 35 and {r.queue for r in picked} == {"qa"}
+    assert all(r.priority == sampled.severity_priority["none"] for r in picked)
+    assert picked[0].reasons["routing"][0] == "cleared by a reviewer on 2026-11-25 (item 4)"
+    allowed = [route(demo, face, context=Context(), sha256=f"{n:064x}", bank_hit=hit)
+               for n in range(40)]
+    assert not any(r.qa_sample for r in allowed) and {r.outcome for r in allowed} == {"allow"}
+    for bad in ("{cleared_match: sometimes}", "{clearance_scope: family}",
+                "{cleared_match: sample}"):
+        with pytest.raises(PolicyError):
+            policy_from_text(text + f"\nbanks: {bad}\n")
