@@ -63,3 +63,27 @@ def test_pdq_list_import_match_deconfirm_export_remove(env: dict[str, str],  # n
     assert "bank.not_found" in missing.stderr
     proc = run(env, "audit", "verify")
     assert "verifies" in proc.stdout
+
+
+def test_the_motivating_case_through_the_cli(env: dict[str, str],  # noqa: F811
+                                             tmp_path: Path) -> None:
+    """Shared for a doctor → medical queue → benign_medical → the same photo re-sent at half
+    size and quality 30 by the same account is allowed, the clearance in its statement."""
+    run(env, "reviewers", "add", "eli", "--queue", "medical", "--role", "medical")
+    astronaut = str(ROOT / "samples/astronaut.jpg")
+    first = js(run(env, "score", astronaut, "--account", "family", "--context",
+                   "medical_sharing=true", "--json"))
+    assert first["outcome"] == "review" and first["queue"] == "medical"
+    run(env, "review", "claim", "--reviewer", "eli")
+    run(env, "review", "decide", str(first["review_item_id"]), "--reviewer", "eli",
+        "--verdict", "benign_medical")
+    copy = tmp_path / "resent.jpg"
+    copy.write_bytes(reshared(sample("astronaut"), half_size, quality=30))
+    again = js(run(env, "score", str(copy), "--account", "family", "--context",
+                   "medical_sharing=true", "--json"))
+    assert again["outcome"] == "allow" and again["review_item_id"] is None
+    assert again["reasons"]["bank"]["origin_item_id"] == first["review_item_id"]
+    shown = js(run(env, "decisions", "show", again["decision_id"], "--json"))
+    assert shown["context_effects"][0].startswith("cleared by a reviewer on ")
+    assert shown["context_effects"][0].endswith(f"(item {first['review_item_id']})")
+    assert "verifies" in run(env, "audit", "verify").stdout
