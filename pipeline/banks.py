@@ -114,8 +114,9 @@ class BankMatcher:
             seen = 0
             while True:
                 changes = bank_changes_since(s, self._seq, limit=_PAGE)
-                add = [e for e in changes if e["state"] == "active"]
-                drop = [int(e["id"]) for e in changes if e["state"] != "active"]
+                add = [e for e in changes if e["state"] == "active" and e["kind"] == "pdq"]
+                drop = [int(e["id"]) for e in changes
+                        if e["state"] != "active" and e["kind"] == "pdq"]
                 if drop:
                     self.index.remove_many(drop)
                     for i in drop:

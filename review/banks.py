@@ -24,6 +24,7 @@ from typing import Any, cast
 from sqlalchemy import Table, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.orm import Session
 
 from review import audit
@@ -213,13 +214,25 @@ def lookup_many(
 
 
 def changes_since(s: Session, seq: int, *, limit: int = 100_000) -> list[dict[str, Any]]:
-    """PDQ entries changed after change number `seq`, in order: what an index catches up with
-    (an entry no longer `active` is to be dropped from it)."""
+    """Entries changed after change number `seq`, in change order (every kind, so that the
+    caller's last number moves past sha256 changes too): what a PDQ index catches up with (an
+    entry no longer `active` is to be dropped from it).  Plain rows, not ORM objects: the
+    first call of a process reads the whole bank."""
     rows = s.execute(
-        select(BankEntry).where(BankEntry.kind == "pdq", BankEntry.seq > seq)
-        .order_by(BankEntry.seq).limit(limit)
-    ).scalars()
-    return [entry_dict(e) for e in rows]
+        select(*_BANK.c).where(_BANK.c.seq > seq).order_by(_BANK.c.seq).limit(limit)
+    ).mappings()
+    return [_row_dict(r) for r in rows]
+
+
+def _row_dict(r: RowMapping) -> dict[str, Any]:
+    return {
+        "id": r["id"], "bank": r["bank"], "kind": r["kind"], "value": r["value"],
+        "quality": r["quality"], "scope_account": r["scope_account"] or None,
+        "state": r["state"], "source": r["source"], "reason": r["reason"],
+        "added_by": r["added_by"], "added_at": r["added_at"].isoformat(),
+        "expires_at": r["expires_at"].isoformat() if r["expires_at"] else None,
+        "origin_item_id": r["origin_item_id"], "seq": r["seq"],
+    }
 
 
 def current_seq(s: Session) -> int:
