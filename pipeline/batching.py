@@ -261,6 +261,15 @@ class ClassifyService:
         except Exception as exc:  # readiness reports it; classify retries the load
             self.model_error = exc
             log.error("model failed to load", extra={"error": getattr(exc, "code", "")})
+        try:  # the bank index too: the first classify should not wait for a large bank
+            # on the loop's default pool: the model's executor stays free for requests
+            await asyncio.get_running_loop().run_in_executor(None, self._load_banks)
+        except Exception as exc:  # the first lookup tries again
+            log.error("bank index failed to load", extra={"error": getattr(exc, "code", "")})
+
+    def _load_banks(self) -> None:
+        with self.rt.db.transaction() as s:
+            self.rt.banks.refresh(s)
 
     def _load(self) -> None:
         scorer = self.rt.scorer
