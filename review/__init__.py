@@ -19,7 +19,14 @@ from review.apikeys import (
 from review.audit import ChainReport as AuditReport
 from review.audit import append as append_audit_event
 from review.audit import verify as verify_audit_log
-from review.banks import BANKS, BadBankEntry, BankEntryNotFound, NoUsablePdq
+from review.banks import (
+    BANKS,
+    BadBankEntry,
+    BankEntryNotFound,
+    NoUsablePdq,
+    content_without_pdq,
+    set_content_pdq,
+)
 from review.banks import NewEntry as NewBankEntry
 from review.banks import add as add_to_bank
 from review.banks import changes_since as bank_changes_since
@@ -189,6 +196,8 @@ __all__ = [
     "bank_changes_since",
     "bank_cluster",
     "bank_cluster_sizes",
+    "content_without_pdq",
+    "set_content_pdq",
     "bank_current_seq",
     "bank_lookup_sha256",
     "import_bank_entries",

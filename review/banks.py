@@ -283,6 +283,19 @@ def remove(s: Session, entry_id: int, *, actor: str, at: dt.datetime, reason: st
                      event="bank.removed")
 
 
+# ---- content hashed before PDQ existed ---------------------------------------------------
+def content_without_pdq(s: Session, *, limit: int = 500) -> list[str]:
+    """Contents stored before PDQ hashing (migration 0012): what `banks backfill` hashes."""
+    return list(s.execute(select(Content.sha256).where(Content.pdq.is_(None))
+                          .order_by(Content.sha256).limit(limit)).scalars())
+
+
+def set_content_pdq(s: Session, sha256: str, pdq: str, quality: int) -> None:
+    """Store a content's PDQ hash (once: a hash already stored is kept)."""
+    s.execute(update(Content).where(Content.sha256 == sha256, Content.pdq.is_(None))
+              .values(pdq=_check("violating", "pdq", pdq), pdq_quality=quality))
+
+
 # ---- matches: flood protection, confirm / mark false --------------------------------------
 def record_matches(
     s: Session, *, decision_id: str, account_id: str, matches: Sequence[Mapping[str, Any]],

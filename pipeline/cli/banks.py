@@ -180,3 +180,47 @@ def banks_deconfirm(
 ) -> int:
     """A reviewer marks an upload's bank match false: the entry is demoted (audited)."""
     return _judge(decision_id, entry, "false", reviewer, note, as_json)
+
+
+@app.command("backfill")
+@guarded
+def banks_backfill(
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many contents.")] = None,
+    as_json: JsonOpt = False,
+) -> int:
+    """Hash (PDQ) the stored contents that predate PDQ hashing, from their blobs, so that a
+    verdict on their items also clears their near-duplicates."""
+    from pipeline.blobs import BlobError
+    from pipeline.ingest import ingest_bytes, with_pdq
+    from review import content_without_pdq, set_content_pdq
+
+    rt = runtime()
+    done = missing = refused = 0
+    skip: set[str] = set()
+    while limit is None or done + missing + refused < limit:
+        with rt.db.transaction() as s:
+            todo = [x for x in content_without_pdq(s, limit=500 + len(skip)) if x not in skip]
+        if limit is not None:
+            todo = todo[: limit - done - missing - refused]
+        if not todo:
+            break
+        for sha in todo:
+            try:
+                data = rt.blobs.get(sha)
+            except BlobError:  # gone, or no longer its sha256
+                missing += 1
+                skip.add(sha)
+                continue
+            try:
+                image = with_pdq(ingest_bytes(data, max_bytes=max(len(data), 1),
+                                              max_pixels=rt.settings.max_pixels))
+            except PipelineError:
+                refused += 1
+                skip.add(sha)
+                continue
+            assert image.pdq is not None
+            with rt.db.transaction() as s:
+                set_content_pdq(s, sha, image.pdq.original.hex, image.pdq.quality)
+            done += 1
+    emit({"hashed": done, "blob_missing_or_corrupt": missing, "undecodable": refused}, as_json)
+    return Exit.OK

@@ -87,3 +87,42 @@ def test_the_motivating_case_through_the_cli(env: dict[str, str],  # noqa: F811
     assert shown["context_effects"][0].startswith("cleared by a reviewer on ")
     assert shown["context_effects"][0].endswith(f"(item {first['review_item_id']})")
     assert "verifies" in run(env, "audit", "verify").stdout
+
+
+def test_backfill_hashes_content_stored_before_pdq(env: dict[str, str],  # noqa: F811
+                                                    tmp_path: Path) -> None:
+    """Content recorded without a PDQ hash (as before migration 0012) is hashed from its blob
+    by `banks backfill`; a blob that is gone is counted, not fatal."""
+    import hashlib
+
+    from pipeline.blobs import LocalBlobStore
+    from pipeline.hashing.pdq import pdq_hash
+    from review import Database, NewUpload, ReviewService, content_without_pdq
+    from tests.review_support import make_config, routing
+
+    data_dir = Path(env["LOOKFIRST_DATA_DIR"])
+    db = Database(f"sqlite:///{(data_dir / 'lookfirst.db').resolve()}")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        db.upgrade()
+        blobs = LocalBlobStore(data_dir / "blobs")
+        svc = ReviewService(make_config())
+        coffee = (ROOT / "samples/coffee.jpg").read_bytes()
+        gone = b"never stored"
+        with db.transaction() as s:
+            for n, data in enumerate((coffee, gone)):
+                sha = hashlib.sha256(data).hexdigest()
+                svc.record(s, NewUpload(account_id="a", external_id=f"old-{n}", source="t",
+                                        context={}, sha256=sha, mime="image/jpeg", width=1,
+                                        height=1, size_bytes=len(data)), routing("allow", None))
+        blobs.put(coffee)
+        out = js(run(env, "banks", "backfill", "--json"))
+        assert out == {"hashed": 1, "blob_missing_or_corrupt": 1, "undecodable": 0}
+        with db.transaction() as s:
+            assert content_without_pdq(s) == [hashlib.sha256(gone).hexdigest()]
+            from review.schema import Content
+
+            stored = s.get(Content, hashlib.sha256(coffee).hexdigest())
+            assert stored is not None and stored.pdq == pdq_hash(sample("coffee")).hex
+    finally:
+        db.dispose()
