@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from models.base import RGBImage, ScoreResult
 from pipeline.errors import ErrorKind, PipelineError
-from pipeline.ingest import IngestedImage, declared_size, ingest_bytes, sniff
+from pipeline.ingest import IngestedImage, declared_size, ingest_bytes, sniff, with_pdq
 from pipeline.metrics import ApiMetrics
 from pipeline.policy import Context
 from pipeline.runtime import Runtime
@@ -261,6 +261,15 @@ class ClassifyService:
         except Exception as exc:  # readiness reports it; classify retries the load
             self.model_error = exc
             log.error("model failed to load", extra={"error": getattr(exc, "code", "")})
+        try:  # the bank index too: the first classify should not wait for a large bank
+            # on the loop's default pool: the model's executor stays free for requests
+            await asyncio.get_running_loop().run_in_executor(None, self._load_banks)
+        except Exception as exc:  # the first lookup tries again
+            log.error("bank index failed to load", extra={"error": getattr(exc, "code", "")})
+
+    def _load_banks(self) -> None:
+        with self.rt.db.transaction() as s:
+            self.rt.banks.refresh(s)
 
     def _load(self) -> None:
         scorer = self.rt.scorer
@@ -335,8 +344,9 @@ class ClassifyService:
             try:
                 image: IngestedImage = await loop.run_in_executor(
                     self.orch.pool,
-                    lambda: ingest_bytes(inp.data, max_bytes=settings.max_upload_bytes,
-                                         max_pixels=settings.max_pixels),
+                    lambda: with_pdq(ingest_bytes(inp.data,
+                                                  max_bytes=settings.max_upload_bytes,
+                                                  max_pixels=settings.max_pixels)),
                 )
             except BaseException:
                 await self._budget.release(held)
@@ -408,7 +418,7 @@ def _decode_peak_bytes(data: bytes) -> int:
 def _decide(
     orch: Orchestrator, scored: Scored, image: IngestedImage, data: bytes, result: ScoreResult
 ) -> None:
-    orch.decide(scored, image, data, result, orch.bank_match(image.sha256))
+    orch.decide(scored, image, data, result, orch.bank_match(scored.request, image))
 
 
 def _fill_from_store(orch: Orchestrator, s: Session, scored: Scored, found: Recorded) -> None:

@@ -15,7 +15,7 @@ import logging
 import os
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, NoReturn
 
 import numpy as np
@@ -39,8 +39,9 @@ from pipeline.errors import (
     ImageTooManyPixels,
     ImageUnsupportedType,
 )
+from pipeline.hashing.pdq import DihedralPdq, pdq_dihedral
 
-__all__ = ["MIME_TYPES", "IngestedImage", "ingest_bytes", "ingest_path", "sniff"]
+__all__ = ["MIME_TYPES", "IngestedImage", "ingest_bytes", "ingest_path", "sniff", "with_pdq"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,8 @@ class IngestedImage:
     height: int
     size_bytes: int
     pixels: npt.NDArray[np.uint8] = field(repr=False, compare=False)
+    #: the eight dihedral PDQ hashes and quality (`with_pdq`), for the banks
+    pdq: DihedralPdq | None = field(default=None, repr=False, compare=False)
 
 
 def sniff(data: bytes) -> str:
@@ -165,6 +168,12 @@ def ingest_bytes(data: bytes, *, max_bytes: int, max_pixels: int) -> IngestedIma
         size_bytes=size,
         pixels=pixels,
     )
+
+
+def with_pdq(image: IngestedImage) -> IngestedImage:
+    """The image with its PDQ hashes (the eight dihedral ones and the quality), for the hash
+    banks: computed once, from the pixels this ingest decoded."""
+    return replace(image, pdq=pdq_dihedral(image.pixels))
 
 
 def ingest_path(path: str | os.PathLike[str], *, max_bytes: int, max_pixels: int) -> IngestedImage:

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from models.base import ScoreResult
+from pipeline.banks import BankHit
 from pipeline.evidence import shadow_rows
 from pipeline.policy import Context, Policy
 from review import Routing
@@ -25,17 +26,27 @@ def route(
     context: Context,
     sha256: str,
     bank_match: str | None = None,
+    bank_hit: BankHit | None = None,
     shadow: Sequence[Mapping[str, Any]] | None = None,
 ) -> Routing:
     """Evaluate `result` under `policy` for an upload of content `sha256` with `context`.
 
     `shadow`: the shadow models' rows ({model_version, scores, error}) when they arrive
     apart from the result (a batch worker sends them as JSON); by default the result's own.
+    `bank_hit`: the bank entry the matcher found (it sets `bank_match`); the entry, its
+    distance and, for a clearance, who cleared it and when go into the reasons.
     Raises ValueError (a score outside [0, 1], a bad sha256) from the policy."""
+    if bank_hit is not None:
+        bank_match = bank_hit.bank
     decision = policy.evaluate(result.scores, context, content_sha256=sha256,
                                bank_match=bank_match)
+    bank: dict[str, Any] = {}
+    if bank_hit is not None:
+        bank = {"bank": bank_hit.as_reason(),
+                "routing": [bank_hit.summary, *decision.reasons.get("routing", [])]}
     reasons = {
         **decision.reasons,
+        **bank,
         "content_sha256": sha256,
         "model_version": result.model_version,
         "evidence": [

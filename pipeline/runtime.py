@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from models.base import Scorer
+from pipeline.banks import BankMatcher
 from pipeline.blobs import LocalBlobStore
 from pipeline.policy import Context, Policy, load_policy
 from pipeline.settings import Settings
@@ -44,6 +45,10 @@ def review_config(policy: Policy, settings: Settings) -> ReviewConfig:
         lease=dt.timedelta(seconds=settings.lease_seconds),
         appeal_window=dt.timedelta(days=settings.appeal_window_days),
         notice_period=dt.timedelta(hours=settings.notice_period_hours),
+        bank_flood_limit=settings.bank_flood_limit,
+        bank_flood_window=dt.timedelta(seconds=settings.bank_flood_window_s),
+        pdq_threshold=settings.bank_pdq_threshold,
+        pdq_quality_floor=settings.bank_pdq_quality_floor,
     )
 
 
@@ -158,6 +163,16 @@ class Runtime:
         self._scorer_factory = scorer_factory or (
             lambda s: default_scorer(s, variant=choose_variant(s, self.policy)))
         self._lock = threading.Lock()
+        self._banks: BankMatcher | None = None
+
+    @property
+    def banks(self) -> BankMatcher:
+        """The one bank matcher of this process (its PDQ index is built on first use)."""
+        if self._banks is None:
+            with self._lock:
+                if self._banks is None:
+                    self._banks = BankMatcher.from_settings(self.settings, self.policy)
+        return self._banks
 
     @property
     def scorer(self) -> Scorer:

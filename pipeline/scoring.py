@@ -19,13 +19,14 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from models.base import ScoreResult
+from pipeline.banks import BankHit, Query
 from pipeline.errors import (
     ImageTooLarge,
     InputNotFound,
     PipelineError,
     UploadContextConflict,
 )
-from pipeline.ingest import IngestedImage, ingest_bytes
+from pipeline.ingest import IngestedImage, ingest_bytes, with_pdq
 from pipeline.policy import Context
 from pipeline.routing import route
 from pipeline.runtime import Runtime
@@ -33,8 +34,6 @@ from review import (
     DecisionRecord,
     NewUpload,
     Recorded,
-    bank_lookup,
-    bank_lookup_many,
     get_decision,
     get_decisions,
 )
@@ -129,6 +128,11 @@ def check_same_context(req: UploadRequest, stored: Mapping[str, Any]) -> None:
         f"field)")
 
 
+def bank_query(req: UploadRequest, image: IngestedImage) -> Query:
+    """What the bank matcher looks this upload up by."""
+    return Query(sha256=image.sha256, account_id=req.account_id, pdq=image.pdq)
+
+
 def _read(req: UploadRequest, max_bytes: int) -> bytes:
     if req.data is not None:
         return req.data
@@ -148,9 +152,9 @@ def _read(req: UploadRequest, max_bytes: int) -> bytes:
 def _prepare(rt: Runtime, req: UploadRequest) -> tuple[IngestedImage, bytes] | PipelineError:
     try:
         data = _read(req, rt.settings.max_upload_bytes)
-        image = ingest_bytes(
+        image = with_pdq(ingest_bytes(
             data, max_bytes=rt.settings.max_upload_bytes, max_pixels=rt.settings.max_pixels
-        )
+        ))
         return image, data
     except PipelineError as exc:
         return exc
@@ -209,19 +213,22 @@ class Orchestrator:
             to_score.append((scored, image, data))
         if to_score:
             with rt.db.transaction() as s:
-                matches = bank_lookup_many(s, [img.sha256 for _, img, _ in to_score])
+                matches = rt.banks.match_many(
+                    s, [bank_query(sc.request, img) for sc, img, _ in to_score],
+                    at=rt.review.clock())
             model_results = rt.scorer.score([img.pixels for _, img, _ in to_score])
-            for (scored, image, data), result in zip(to_score, model_results, strict=True):
+            for (scored, image, data), result, bank in zip(to_score, model_results, matches,
+                                                           strict=True):
                 try:
-                    self.decide(scored, image, data, result, matches.get(image.sha256))
+                    self.decide(scored, image, data, result, bank)
                 except UploadContextConflict as exc:  # a concurrent request recorded it first
                     scored.error = exc
         return results
 
-    def bank_match(self, sha256: str) -> str | None:
-        """The hash bank this content matches, if any (one request at a time: the API)."""
+    def bank_match(self, request: UploadRequest, image: IngestedImage) -> BankHit | None:
+        """The bank entry that routes this upload, if any (one request at a time: the API)."""
         with self.rt.db.transaction() as s:
-            return bank_lookup(s, sha256)
+            return self.rt.banks.match(s, bank_query(request, image), at=self.rt.review.clock())
 
     def fill_from_store(self, s: Any, scored: Scored, found: Recorded) -> None:
         d = get_decision(s, decision_id=found.decision_id)
@@ -234,12 +241,12 @@ class Orchestrator:
         image: IngestedImage,
         data: bytes,
         result: ScoreResult,
-        bank_match: str | None = None,
+        bank_match: BankHit | None = None,
     ) -> None:
         rt = self.rt
         req = scored.request
         routing = route(rt.policy, result, context=req.context, sha256=image.sha256,
-                        bank_match=bank_match)
+                        bank_hit=bank_match)
         rt.blobs.put(data)  # before the record: a decision never points at a missing blob
         upload = NewUpload(
             account_id=req.account_id,
@@ -251,6 +258,8 @@ class Orchestrator:
             width=image.width,
             height=image.height,
             size_bytes=image.size_bytes,
+            pdq=image.pdq.original.hex if image.pdq is not None else None,
+            pdq_quality=image.pdq.quality if image.pdq is not None else None,
         )
         recorded = None
         for attempt in range(3):

@@ -125,6 +125,18 @@ class Settings(BaseSettings):
     labelstudio_admin_email: str = "admin@lookfirst.local"
     labelstudio_admin_password: str = DEV_SECRET
 
+    # hash banks (README "Banks", docs/pdq.md)
+    #: two PDQ hashes at most this many bits apart are the same picture (PDQ's customary 31)
+    bank_pdq_threshold: int = Field(default=31, ge=0, le=63)
+    #: a PDQ hash of lower quality (0-100; flat images) never matches, as query or entry
+    bank_pdq_quality_floor: int = Field(default=50, ge=0, le=100)
+    #: probe every one-bit neighbour too: complete up to the threshold, ~10x slower lookups
+    bank_pdq_exhaustive: bool = False
+    #: flood protection: an entry matching more uploads than this within the window is
+    #: quarantined pending review
+    bank_flood_limit: int = Field(default=1000, ge=1)
+    bank_flood_window_s: int = Field(default=3600, ge=1)
+
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_production(self) -> Settings:
         if self.environment == "production":

@@ -20,12 +20,30 @@ from review.apikeys import (
 from review.audit import ChainReport as AuditReport
 from review.audit import append as append_audit_event
 from review.audit import verify as verify_audit_log
-from review.banks import BANKS, BadBankEntry
+from review.banks import (
+    BANKS,
+    BadBankEntry,
+    BankEntryNotFound,
+    NoUsablePdq,
+    content_without_pdq,
+    set_content_pdq,
+)
+from review.banks import NewEntry as NewBankEntry
 from review.banks import add as add_to_bank
+from review.banks import changes_since as bank_changes_since
+from review.banks import cluster_items as bank_cluster
+from review.banks import cluster_sizes as bank_cluster_sizes
+from review.banks import current_seq as bank_current_seq
+from review.banks import import_entries as import_bank_entries
 from review.banks import import_hashes as import_bank_hashes
+from review.banks import judge_match as judge_bank_match
 from review.banks import list_entries as list_bank_entries
 from review.banks import lookup as bank_lookup
 from review.banks import lookup_many as bank_lookup_many
+from review.banks import lookup_sha256 as bank_lookup_sha256
+from review.banks import record_matches as record_bank_matches
+from review.banks import remove as remove_bank_entry
+from review.banks import set_state as set_bank_entry_state
 from review.claims import MAX_CLAIM_BATCH, ClaimDesk
 from review.config import QueueRules, ReviewConfig
 from review.db import Database, current_revision
@@ -169,6 +187,8 @@ __all__ = [
     "AppealNotAllowed",
     "AuditChainBroken",
     "BadBankEntry",
+    "BankEntryNotFound",
+    "NoUsablePdq",
     "ExposureCapReached",
     "FreshEyesRequired",
     "InvalidTransition",
@@ -187,7 +207,20 @@ __all__ = [
     "verify_audit_log",
     # hash banks
     "BANKS",
+    "NewBankEntry",
     "add_to_bank",
+    "bank_changes_since",
+    "bank_cluster",
+    "bank_cluster_sizes",
+    "content_without_pdq",
+    "set_content_pdq",
+    "bank_current_seq",
+    "bank_lookup_sha256",
+    "import_bank_entries",
+    "judge_bank_match",
+    "record_bank_matches",
+    "remove_bank_entry",
+    "set_bank_entry_state",
     "bank_lookup",
     "bank_lookup_many",
     "import_bank_hashes",

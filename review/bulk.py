@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from review import banks
 from review._core import Core, credential_for
 from review.claims.leases import Claims
 from review.errors import (
@@ -26,7 +27,7 @@ from review.verdicts import Verdicts, parse_verdict
 #: the kinds a bulk act may decide; appeals, escalations and context replies each carry a
 #: person's own statement or a disagreement, and get a look of their own
 BULK_KINDS = frozenset({ItemKind.INITIAL, ItemKind.QA})
-BULK_GROUPS = frozenset({"sha256", "account_burst"})
+BULK_GROUPS = frozenset({"sha256", "account_burst", "pdq"})
 
 
 class Bulk:
@@ -54,8 +55,9 @@ class Bulk:
     ) -> list[DecideResult]:
         """Decide `item_id` (whose lease the reviewer holds) and, in the same transaction,
         every other open item the reviewer could claim that shows the same image
-        (group="sha256") or comes from the same account within `burst_window` of it
-        (group="account_burst"), with the same verdict.
+        (group="sha256"), comes from the same account within `burst_window` of it
+        (group="account_burst"), or is a near-duplicate in the same queue: its PDQ hash within
+        the configured threshold of the item's (group="pdq", a cluster), with the same verdict.
 
         Each item goes through claim() and decide() as if done one by one: entitlement,
         exposure caps, the two-person rule (an item that needs two people gets this
@@ -86,6 +88,12 @@ class Bulk:
         entitled = self.reviewers.entitled_queues(s, reviewer_id)
         if group == "sha256":
             same = [ReviewItem.content_sha256 == anchor.content_sha256]
+            key = anchor.content_sha256
+        elif group == "pdq":
+            cfg = self.core.config
+            cluster = banks.cluster(s, anchor, threshold=cfg.pdq_threshold,
+                                    quality_floor=cfg.pdq_quality_floor)
+            same = [ReviewItem.queue == anchor.queue, ReviewItem.content_sha256.in_(cluster)]
             key = anchor.content_sha256
         else:
             same = [ReviewItem.account_id == anchor.account_id,

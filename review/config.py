@@ -46,6 +46,14 @@ class ReviewConfig:
     notice_period: dt.timedelta = dt.timedelta(hours=72)
     #: how often the claim path itself returns expired leases (the worker sweeps too)
     lease_sweep_every: dt.timedelta = dt.timedelta(seconds=1)
+    #: flood protection: a bank entry matching more uploads than this within the window is
+    #: quarantined pending review
+    bank_flood_limit: int = 1000
+    bank_flood_window: dt.timedelta = dt.timedelta(hours=1)
+    #: PDQ hashes at most this many bits apart show the same picture (clusters, overrules);
+    #: below the quality floor a hash is noise
+    pdq_threshold: int = 31
+    pdq_quality_floor: int = 50
 
     def rules(self, queue: str) -> QueueRules:
         try:

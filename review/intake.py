@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from review import audit
+from review import audit, banks
 from review._core import SYSTEM, Core, action_created, item_created
 from review.actions import Actions
 from review.errors import InvalidTransition
@@ -87,7 +87,8 @@ class Intake:
         now = core.clock()
         if s.get(Content, upload.sha256) is None:
             s.add(Content(sha256=upload.sha256, mime=upload.mime, width=upload.width,
-                          height=upload.height, size_bytes=upload.size_bytes, created_at=now))
+                          height=upload.height, size_bytes=upload.size_bytes, created_at=now,
+                          pdq=upload.pdq, pdq_quality=upload.pdq_quality))
             s.flush()  # no ORM relationships: flush in foreign-key order ourselves
         upload_id, decision_id = str(uuid.uuid4()), str(uuid.uuid4())
         s.add(Upload(id=upload_id, content_sha256=upload.sha256, account_id=upload.account_id,
@@ -102,6 +103,7 @@ class Intake:
                        shadow_scores=[dict(x) for x in routing.shadow_scores] or None,
                        created_at=now))
         s.flush()
+        self._bank_matches(s, decision_id, upload, routing, now)
         core.audit(
             s, actor=SYSTEM, event="decision.recorded", subject_type="decision",
             subject_id=decision_id,
@@ -185,6 +187,8 @@ class Intake:
              "shadow_scores": [dict(x) for x in p.routing.shadow_scores] or None,
              "created_at": now}
             for p in plans])
+        for p in plans:
+            self._bank_matches(s, p.decision_id, p.upload, p.routing, now)
         # review items, then their actions: ids come back in the order the rows went in
         items: list[tuple[_Plan, dict[str, Any]]] = [
             (p, core.item_values(
@@ -226,6 +230,18 @@ class Intake:
         s.execute(insert(_T["outbox"]), messages)
         audit.append_many(s, events)
 
+    def _bank_matches(self, s: Session, decision_id: str, upload: NewUpload, routing: Routing,
+                      now: dt.datetime) -> None:
+        """The bank entry that routed this upload, recorded for flood protection and for a
+        reviewer to confirm or mark false."""
+        match = routing.reasons.get("bank")
+        if not isinstance(match, dict) or match.get("entry_id") is None:
+            return
+        cfg = self.core.config
+        banks.record_matches(s, decision_id=decision_id, account_id=upload.account_id,
+                             matches=[match], at=now, flood_limit=cfg.bank_flood_limit,
+                             flood_window=cfg.bank_flood_window)
+
     def _insert_content(self, s: Session, uploads: Sequence[NewUpload], now: dt.datetime
                         ) -> None:
         new: dict[str, NewUpload] = {}
@@ -244,7 +260,8 @@ class Intake:
         ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(_T["content"])
         s.execute(ins.on_conflict_do_nothing(index_elements=["sha256"]), [
             {"sha256": u.sha256, "mime": u.mime, "width": u.width, "height": u.height,
-             "size_bytes": u.size_bytes, "created_at": now} for u in new.values()])
+             "size_bytes": u.size_bytes, "created_at": now, "pdq": u.pdq,
+             "pdq_quality": u.pdq_quality} for u in new.values()])
 
     def _execute_holds(self, s: Session, ids: list[int], now: dt.datetime
                        ) -> dict[int, dict[str, Any]]:

@@ -207,6 +207,8 @@ class Reads:
             "rules": d.reasons.get("rules", []),
             "context": upload.context,
             "context_effects": d.reasons.get("routing", []),
+            # the hash-bank entry that routed it (a clearance: who cleared it, when, which item)
+            "bank_match": d.reasons.get("bank"),
             "reviews": reviews,
             "actions": self.actions.list_actions(s, decision_id=decision_id),
             "appeals": appeals,

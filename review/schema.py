@@ -109,6 +109,9 @@ class Content(Base):
     height: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime]
+    #: the PDQ hash (64 hex digits) and its quality, computed once at ingest (None: not hashed)
+    pdq: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    pdq_quality: Mapped[int | None] = mapped_column(Integer, nullable=True)
     __table_args__ = (CheckConstraint("length(sha256) = 64", name="sha256_len"),)
 
 
@@ -529,17 +532,62 @@ class LabelStudioSync(Base):
 
 
 class BankEntry(Base):
-    """A hash bank row: content known to violate (imported) or cleared by a person (fed by
-    benign verdicts, so the same image is not flagged again)."""
+    """A hash bank entry: content known to violate (imported lists) or cleared by a person
+    (fed by benign verdicts), matched by exact sha256 or by PDQ within the Hamming threshold.
 
-    __tablename__ = "bank_entry"
-    bank: Mapped[str] = mapped_column(String(24), primary_key=True)
-    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    `seq` is the bank's change counter at the entry's last change (added, quarantined,
+    demoted, removed): a process holding a PDQ index catches up with "entries with seq > the
+    last I saw".  `scope_account` '' is a global entry, otherwise the one account it applies to
+    (an empty string rather than NULL, so that the unique constraint holds for global ones)."""
+
+    __tablename__ = "bank_hash"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    bank: Mapped[str] = mapped_column(String(24))
+    kind: Mapped[str] = mapped_column(String(8))
+    value: Mapped[str] = mapped_column(String(64))
+    quality: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    scope_account: Mapped[str] = mapped_column(String(128), default="")
+    state: Mapped[str] = mapped_column(String(12), default="active")
     source: Mapped[str] = mapped_column(String(128))
-    note: Mapped[str] = mapped_column(String(500), default="")
-    created_at: Mapped[dt.datetime]
+    reason: Mapped[str] = mapped_column(String(500), default="")
+    added_by: Mapped[str] = mapped_column(String(128))
+    added_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    origin_item_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    seq: Mapped[int] = mapped_column(BigInteger, index=True)
     __table_args__ = (
         _enum_check("bank", {"violating", "cleared_benign"}, "bank"),
-        CheckConstraint("length(sha256) = 64", name="sha256_len"),
-        Index("ix_bank_entry_sha256", "sha256"),
+        _enum_check("kind", {"sha256", "pdq"}, "kind"),
+        _enum_check("state", {"active", "quarantined", "demoted", "removed"}, "state"),
+        CheckConstraint("length(value) = 64", name="value_len"),
+        UniqueConstraint("bank", "kind", "value", "scope_account", name="uq_bank_hash_entry"),
+        Index("ix_bank_hash_kind_value", "kind", "value"),
+    )
+
+
+class BankCounter(Base):
+    """The bank's change counter (one row): taken with UPDATE ... RETURNING, so its row lock
+    orders bank changes by commit, and "seq > my last" never skips a slower transaction."""
+
+    __tablename__ = "bank_counter"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+class BankMatch(Base):
+    """One upload matched one bank entry (what flood protection counts, and what a reviewer
+    confirms or marks false)."""
+
+    __tablename__ = "bank_match"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    entry_id: Mapped[int] = mapped_column(ForeignKey("bank_hash.id"))
+    decision_id: Mapped[str] = mapped_column(ForeignKey("decision.id"), index=True)
+    account_id: Mapped[str] = mapped_column(String(128))
+    distance: Mapped[int] = mapped_column(Integer)
+    matched_at: Mapped[dt.datetime]
+    verdict: Mapped[str | None] = mapped_column(String(12), nullable=True)
+    judged_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    __table_args__ = (
+        CheckConstraint("verdict IS NULL OR verdict IN ('confirmed', 'false')", name="verdict"),
+        Index("ix_bank_match_entry_at", "entry_id", "matched_at"),
     )

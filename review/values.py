@@ -24,6 +24,9 @@ class NewUpload:
     width: int
     height: int
     size_bytes: int
+    #: the PDQ hash (64 hex digits) and its quality, computed at ingest (None: not hashed)
+    pdq: str | None = None
+    pdq_quality: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

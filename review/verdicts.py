@@ -316,10 +316,13 @@ class Verdicts:
         if v in BENIGN:
             self._clear(s, item, approvers[-1])
             out += self.actions.overturn(s, item, approvers[-1])
+        elif v == Verdict.VIOLATING:
+            banks.overrule_clearances(s, item, actor=approvers[-1].reviewer_id,
+                                      at=self.core.clock(),
+                                      threshold=self.core.config.pdq_threshold)
         return out
 
     def _clear(self, s: Session, item: ReviewItem, by: VerdictRow) -> None:
         """A person found this content benign: remember it, so it is not flagged again."""
-        banks.add(s, bank="cleared_benign", sha256=item.content_sha256,
-                  source=f"verdict:{by.id}", actor=by.reviewer_id, at=self.core.clock(),
-                  note=f"item {item.id}: {by.verdict}")
+        banks.clear_content(s, item, verdict_id=by.id, verdict=by.verdict,
+                            actor=by.reviewer_id, at=self.core.clock())

@@ -20,7 +20,16 @@ from typing import Any  # noqa: E402
 
 from fastapi import FastAPI  # noqa: E402
 
-from pipeline.api import appeals, classify, decisions, health, keys, metrics, review  # noqa: E402
+from pipeline.api import (  # noqa: E402
+    appeals,
+    banks,
+    classify,
+    decisions,
+    health,
+    keys,
+    metrics,
+    review,
+)
 from pipeline.api import errors as api_errors  # noqa: E402
 from pipeline.api import labelstudio as labelstudio_api  # noqa: E402
 from pipeline.api import previews as previews_api  # noqa: E402
@@ -124,7 +133,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     )
     app.state.lookfirst = state
     api_errors.install(app)
-    for module in (classify, decisions, appeals, review, keys, health, metrics):
+    for module in (classify, decisions, appeals, review, banks, keys, health, metrics):
         app.include_router(module.router)
     # previews and the Label Studio webhook carry their own authentication (a signed,
     # expiring link; the shared webhook secret), not API keys

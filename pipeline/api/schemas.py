@@ -149,6 +149,9 @@ class StatementOfReasons(_Public):
     rules: list[dict[str, Any]]
     context: dict[str, Any]
     context_effects: list[str]
+    #: the hash-bank entry that routed this upload: bank, entry, distance, and for a
+    #: clearance who cleared it and when (None: no bank matched)
+    bank_match: dict[str, Any] | None = None
     reviews: list[ReviewRecord]
     actions: list[ActionPublic]
     appeals: list[AppealRef]

@@ -29,7 +29,8 @@ from pipeline.batch.errors import FILE_NOT_FOUND, FILE_UNREADABLE
 from pipeline.blobs import LocalBlobStore
 from pipeline.errors import ErrorKind, ImageTooLarge, PipelineError
 from pipeline.evidence import evidence_rows, shadow_rows
-from pipeline.ingest import IngestedImage, ingest_bytes
+from pipeline.hashing.pdq import DihedralPdq
+from pipeline.ingest import IngestedImage, ingest_bytes, with_pdq
 
 __all__ = ["OUTPUT_COLUMNS", "Prediction", "Predictor", "PredictorSpec", "read_bytes",
            "rows_to_batch", "worker_init", "worker_predict"]
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 #: the columns `Predictor.__call__` returns, in order
 OUTPUT_COLUMNS: tuple[str, ...] = (
     "ordinal", "sha256", "mime", "width", "height", "size_bytes", "model_version",
-    "scores", "evidence", "shadow", "error_code", "error_detail",
+    "scores", "evidence", "shadow", "error_code", "error_detail", "pdq",
 )
 
 
@@ -88,6 +89,8 @@ class Prediction:
     shadow: list[dict[str, Any]]
     error_code: str | None
     error_detail: str | None
+    #: the eight dihedral PDQ hashes and quality of the decoded image (None: not decoded)
+    pdq: DihedralPdq | None = None
 
     def result(self) -> ScoreResult:
         """The model's result for this row, as the scorer returned it in the worker."""
@@ -117,8 +120,23 @@ class Prediction:
                 shadow=json.loads(str(batch["shadow"][i])),
                 error_code=_opt(code),
                 error_detail=_opt(batch["error_detail"][i]),
+                pdq=pdq_from_text(_opt(batch["pdq"][i]) if "pdq" in batch else None),
             ))
         return out
+
+
+def pdq_to_text(pdq: DihedralPdq | None) -> str | None:
+    """A row's dihedral PDQ as one text column: "quality:hex,hex,..." (eight hashes)."""
+    if pdq is None:
+        return None
+    return f"{pdq.quality}:" + ",".join(h.hex() for h in pdq.hashes)
+
+
+def pdq_from_text(text: str | None) -> DihedralPdq | None:
+    if not text:
+        return None
+    quality, hashes = text.split(":", 1)
+    return DihedralPdq(tuple(bytes.fromhex(h) for h in hashes.split(",")), int(quality))
 
 
 def _opt(value: Any) -> str | None:
@@ -157,7 +175,7 @@ class Predictor:
                             ) from None
         if len(data) > limit:
             raise ImageTooLarge(f"the file is larger than {limit} bytes")
-        image = ingest_bytes(data, max_bytes=limit, max_pixels=self.spec.max_pixels)
+        image = with_pdq(ingest_bytes(data, max_bytes=limit, max_pixels=self.spec.max_pixels))
         return image, data
 
     def __call__(self, batch: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
@@ -186,6 +204,7 @@ class Predictor:
             cols["sha256"][i], cols["mime"][i] = image.sha256, image.mime
             cols["width"][i], cols["height"][i] = image.width, image.height
             cols["size_bytes"][i] = image.size_bytes
+            cols["pdq"][i] = pdq_to_text(image.pdq)
             images.append(image.pixels)
             where.append(i)
         if self.blobs is not None and blobs:

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
+from pipeline.banks import Query
 from pipeline.batch.errors import MODEL_FAILED
 from pipeline.batch.predictor import Prediction
 from pipeline.batch.sources import SourceRow
@@ -23,7 +24,7 @@ from pipeline.policy import Context
 from pipeline.routing import route
 from pipeline.runtime import Runtime
 from pipeline.scoring import Scored, UploadRequest
-from review import NewUpload, Routing, bank_lookup_many, get_decisions
+from review import NewUpload, Routing, get_decisions
 
 __all__ = ["BatchRecorder", "error_row", "result_row"]
 
@@ -139,14 +140,16 @@ class BatchRecorder:
         if not scoring:
             return results
         with rt.db.transaction() as s:
-            matches = bank_lookup_many(s, [p.sha256 or "" for _, p in scoring])
+            matches = rt.banks.match_many(
+                s, [Query(sha256=p.sha256 or "", account_id=_request(row).account_id,
+                          pdq=p.pdq) for row, p in scoring], at=rt.review.clock())
             entries: list[tuple[SourceRow, Scored, NewUpload, Routing]] = []
-            for row, p in scoring:
+            for (row, p), hit in zip(scoring, matches, strict=True):
                 assert p.sha256 is not None and p.mime is not None
                 request = _request(row)
                 try:
                     routing = route(rt.policy, p.result(), context=request.context,
-                                    sha256=p.sha256, bank_match=matches.get(p.sha256),
+                                    sha256=p.sha256, bank_hit=hit,
                                     shadow=p.shadow)
                 except (PipelineError, ValueError) as exc:
                     code = getattr(exc, "code", "policy.invalid_scores")
@@ -156,7 +159,9 @@ class BatchRecorder:
                     account_id=request.account_id, external_id=request.external_id,
                     source=request.source, context=request.context.model_dump(),
                     sha256=p.sha256, mime=p.mime, width=p.width, height=p.height,
-                    size_bytes=p.size_bytes)
+                    size_bytes=p.size_bytes,
+                    pdq=p.pdq.original.hex if p.pdq is not None else None,
+                    pdq_quality=p.pdq.quality if p.pdq is not None else None)
                 entries.append((row, Scored(request=request, sha256=p.sha256), upload, routing))
             recorded = rt.review.record_many(s, [(u, r) for _, _, u, r in entries])
             # decided before (another row, another job): answered with what was decided then

@@ -240,9 +240,10 @@ def review_appeal(
 class By(enum.StrEnum):
     sha256 = "sha256"  # every open upload of the same image
     account = "account"  # one account's upload burst around the item
+    pdq = "pdq"  # the item's cluster: near-duplicates (PDQ) in its queue
 
 
-_GROUP = {By.sha256: "sha256", By.account: "account_burst"}
+_GROUP = {By.sha256: "sha256", By.account: "account_burst", By.pdq: "pdq"}
 
 
 @app.command("decide-bulk")
@@ -253,8 +254,9 @@ def review_decide_bulk(
     verdict: Annotated[str, typer.Option(help="violating | benign | benign_medical")],
     category: Annotated[list[str] | None, typer.Option(help="Violated category, repeatable.")]
     = None,
-    by: Annotated[By, typer.Option(help="Group by the same image, or by the account's "
-                                        "upload burst.")] = By.sha256,
+    by: Annotated[By, typer.Option(help="Group by the same image, by the account's "
+                                        "upload burst, or by the item's PDQ cluster.")]
+    = By.sha256,
     window_minutes: Annotated[int, typer.Option(min=1, max=7 * 24 * 60, help="With --by "
                                                 "account: uploads this close to ITEM's.")] = 60,
     note: Annotated[str, typer.Option(help="The reviewer's note, on every verdict.")] = "",

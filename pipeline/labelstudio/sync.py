@@ -47,6 +47,7 @@ from review import (
     ReviewError,
     account_history,
     append_audit_event,
+    bank_cluster_sizes,
     enqueue_labelstudio_closures,
     enqueue_labelstudio_tasks,
     get_decision,
@@ -224,6 +225,11 @@ class LabelStudioSync:
                          + ", ".join(view.proposed_actions))
         if view.appeal_statement:
             lines.append(f"The user says: {view.appeal_statement}")
+        cluster = bank_cluster_sizes(s, [item_id], threshold=cfg.bank_pdq_threshold,
+                                     quality_floor=cfg.bank_pdq_quality_floor).get(item_id, 1)
+        if cluster > 1:
+            lines.append(f"Near-duplicates open in this queue: {cluster} items (PDQ); "
+                         f"`lookfirst review decide-bulk {item_id} --by pdq` decides them at once")
         context = dict(view.context)
         ctx_text = ", ".join(f"{k}: {v}" for k, v in sorted(context.items())) or "none given"
         scores = {k: float(v) for k, v in dict(view.scores).items()
@@ -242,6 +248,7 @@ class LabelStudioSync:
                 "reasons_text": "\n".join(lines),
                 "context_text": ctx_text,
                 "history_text": self._history(s, view.account_id, view.decision_id),
+                "cluster_size": cluster,
             },
             "predictions": [{
                 "model_version": decision.model_version,

@@ -18,6 +18,7 @@ from pipeline.policy.load import POLICIES_DIR, bundled_policy, load_policy, poli
 from pipeline.policy.model import (
     BANK_MATCHES,
     SEVERITIES,
+    BankRules,
     CategorySpec,
     Modifier,
     Policy,
@@ -38,6 +39,7 @@ __all__ = [
     "Modifier",
     "Policy",
     "PolicyDecision",
+    "BankRules",
     "PromotionRules",
     "QueueSpec",
     "Thresholds",

@@ -125,6 +125,18 @@ def evaluate(
         if qa_sample:
             queue = policy.qa_queue
             routing.append(f"sampled for quality control into queue {queue!r}; no enforcement")
+    elif outcome == "allow" and suppressed and policy.banks.cleared_match == "sample":
+        # the policy keeps an eye on its clearances: a share of what they let through is
+        # looked at again, at low priority, never enforced
+        rate = policy.banks.cleared_sample_rate
+        draw = qa_draw(policy.version, "bank.cleared_benign", content_sha256)
+        qa_sample = draw < rate
+        qa_draws.append({"category": "bank.cleared_benign", "rate": rate,
+                         "draw": round(draw, 6), "sampled": qa_sample})
+        if qa_sample:
+            queue = policy.qa_queue
+            routing.append(f"a cleared match, sampled for quality control into queue {queue!r} "
+                           "at low priority; no enforcement")
 
     if outcome == "allow":
         # QA items are routine work; risk-based priority deltas are for flagged content.

@@ -19,6 +19,7 @@ from pipeline.policy.context import CONTEXT_FIELDS
 from pipeline.policy.model import (
     SEVERITIES,
     SEVERITY_RANK,
+    BankRules,
     CategorySpec,
     Modifier,
     Policy,
@@ -167,7 +168,7 @@ class _Validator:
 _TOP_REQUIRED = ("version", "name", "categories", "queues", "special_queues",
                  "severity_priority", "verdicts")
 _TOP_OPTIONAL = ("description", "modifiers", "urgent_actions", "two_person_severity",
-                 "promotion")
+                 "promotion", "banks")
 
 
 def policy_from_text(text: str, *, source: str = "<string>") -> Policy:
@@ -270,6 +271,7 @@ def _build(v: _Validator, data: object, source: str, digest: str) -> Policy:
         source=source,
         digest=digest,
         promotion=_promotion(v, top.get("promotion")),
+        banks=_banks(v, top.get("banks")),
     )
 
 
@@ -458,6 +460,26 @@ def _when(v: _Validator, raw: object, path: _PathT) -> tuple[str, tuple[tuple[st
                 raise v.fail(op_path, f"must be {expected}")
             conditions.append((op, operand))
     return fname, tuple(conditions)
+
+
+def _banks(v: _Validator, raw: object) -> BankRules:
+    path: _PathT = ("banks",)
+    if raw is None:
+        return BankRules()
+    b = v.mapping(raw, path, optional=("cleared_match", "cleared_sample_rate",
+                                       "clearance_scope"))
+    default = BankRules()
+    match = b.get("cleared_match", default.cleared_match)
+    if match not in ("allow", "sample"):
+        raise v.fail(path + ("cleared_match",), "must be allow or sample")
+    scope = b.get("clearance_scope", default.clearance_scope)
+    if scope not in ("account", "global"):
+        raise v.fail(path + ("clearance_scope",), "must be account or global")
+    rate = (v.number(b["cleared_sample_rate"], path + ("cleared_sample_rate",), 0.0, 1.0)
+            if "cleared_sample_rate" in b else default.cleared_sample_rate)
+    if match == "sample" and rate <= 0:
+        raise v.fail(path + ("cleared_sample_rate",), "must be above 0 with cleared_match: sample")
+    return BankRules(cleared_match=match, cleared_sample_rate=rate, clearance_scope=scope)
 
 
 def _promotion(v: _Validator, raw: object) -> PromotionRules:

@@ -88,6 +88,18 @@ class Modifier:
 
 
 @dataclass(frozen=True, slots=True)
+class BankRules:
+    """What a cleared-benign bank match does (the `banks` section): `cleared_match` "allow"
+    (not flagged again) or "sample" (allowed, and a share `cleared_sample_rate` of them drawn
+    into the QA queue at low priority); `clearance_scope` "account" (a clearance a reviewer's
+    verdict made applies to that account's uploads only) or "global"."""
+
+    cleared_match: str = "allow"
+    cleared_sample_rate: float = 0.0
+    clearance_scope: str = "account"
+
+
+@dataclass(frozen=True, slots=True)
 class PromotionRules:
     """What `lookfirst models promote` protects: a candidate model whose false-positive rate
     (benign uploads it would flag) on a protected context segment is worse than the active
@@ -170,6 +182,8 @@ class Policy:
     digest: str
     #: what model promotion protects (the `promotion` section; medical sharing by default)
     promotion: PromotionRules = field(default_factory=PromotionRules)
+    #: what a cleared-benign bank match does, and whose uploads a clearance covers
+    banks: BankRules = field(default_factory=BankRules)
 
     def queue_for(self, name: str) -> QueueSpec:
         try:

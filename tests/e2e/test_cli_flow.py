@@ -158,7 +158,10 @@ def test_hash_banks_route_before_scores(env: dict[str, str], tmp_path: Path) -> 
     run(demo, "review", "decide", str(first["review_item_id"]), "--reviewer", "dana",
         "--verdict", "benign")
     listed = js(run(demo, "banks", "list", "--bank", "cleared_benign", "--json"))
-    assert [e["sha256"] for e in listed] == [first["sha256"]]
+    assert [e["value"] for e in listed if e["kind"] == "sha256"] == [first["sha256"]]
+    # and its PDQ hash, which clears edited copies, for the account whose upload it was
+    assert [(e["kind"], e["scope_account"], e["origin_item_id"]) for e in listed
+            if e["kind"] == "pdq"] == [("pdq", "a2", first["review_item_id"])]
     again = js(run(demo, "score", str(ROOT / "samples/astronaut.jpg"), "--account", "a3",
                    "--json"))
     assert again["outcome"] == "allow" and again["reasons"]["bank_match"] == "cleared_benign"

@@ -47,6 +47,12 @@ MATRIX: Final[list[tuple[str, str, tuple[int, ...]]]] = [
     ("POST", "/v1/review/claims",                 (401, 401, 401, 403, 200, 403, 403, 200)),
     ("POST", "/v1/review/items/{item_id}/verdict", (401, 401, 401, 403, 200, 403, 403, 200)),
     ("POST", "/v1/review/items/{item_id}/release", (401, 401, 401, 403, 200, 403, 403, 200)),
+    ("GET", "/v1/review/items/{item_id}/cluster",
+                                                  (401, 401, 401, 403, 200, 403, 403, 200)),
+    ("POST", "/v1/review/items/{item_id}/cluster-verdict",
+                                                  (401, 401, 401, 403, 200, 403, 403, 200)),
+    ("POST", "/v1/review/bank-matches/{decision_id}",
+                                                  (401, 401, 401, 403, 200, 403, 403, 200)),
     ("GET", "/v1/review/stats",                   (401, 401, 401, 403, 200, 403, 200, 200)),
     ("GET", "/v1/keys",                           (401, 401, 401, 403, 403, 403, 200, 403)),
     ("POST", "/v1/keys",                          (401, 401, 401, 403, 403, 403, 201, 403)),
@@ -72,6 +78,15 @@ def _red_png() -> bytes:
     return encode(pixels, "PNG")
 
 
+def _red_blocks() -> bytes:
+    """Saturated red in random blocks: held like `_red_png`, and textured enough for a PDQ hash
+    of full quality (each call another picture, so no clearance covers the next)."""
+    rng = np.random.default_rng()
+    blocks = np.stack([rng.integers(201, 256, (16, 16)), rng.integers(0, 60, (16, 16)),
+                       rng.integers(0, 60, (16, 16))], axis=-1).astype(np.uint8)
+    return encode(np.ascontiguousarray(np.kron(blocks, np.ones((8, 8, 1), np.uint8))), "PNG")
+
+
 
 DANA: Final = {"X-Reviewer": "dana"}
 
@@ -91,16 +106,17 @@ class Fixtures:
         self.admin = api.client(api.key("admin"))
         #: a console's delegate key, for the acts that prepare a cell as dana
         self.desk = api.client(api.key("review", "delegate", name="desk"))
+        self._matched: str | None = None
 
-    def held(self) -> dict[str, Any]:
+    def held(self, data: bytes | None = None) -> dict[str, Any]:
         """A fresh upload the policy held: its decision is appealable, its item claimable."""
-        r = self.admin.post("/v1/classify", files={"file": ("x.png", _red_png())},
+        r = self.admin.post("/v1/classify", files={"file": ("x.png", data or _red_png())},
                             data={"account_id": "acct-m", "upload_id": f"m-{uuid.uuid4()}"})
         assert r.status_code == 200 and r.json()["outcome"] == "hold", r.text
         return dict(r.json())
 
-    def claimed_by_dana(self) -> int:
-        item = int(self.held()["review_item_id"])
+    def claimed_by_dana(self, data: bytes | None = None) -> int:
+        item = int(self.held(data)["review_item_id"])
         r = self.desk.post("/v1/review/claim", headers=DANA, json={"item_id": item})
         assert r.status_code == 200, r.text
         return item
@@ -114,6 +130,29 @@ class Fixtures:
         assert r.status_code == 200, r.text
         assert "notified" in {a["status"] for a in r.json()["actions"]}, r.text
         return str(d["decision_id"])
+
+    def bank_matched(self) -> str:
+        """A decision routed by a violating PDQ entry (imported with the CLI), once."""
+        if self._matched is None:
+            import subprocess
+            import sys
+
+            from pipeline.hashing.pdq import pdq_hash
+            from pipeline.ingest import ingest_bytes
+            from tests.hostile import LIMITS
+
+            data = _red_blocks()
+            pixels = ingest_bytes(data, max_bytes=LIMITS["max_bytes"],
+                                  max_pixels=LIMITS["max_pixels"]).pixels
+            listed = self.api.data_dir / "matrix-list.pdq"
+            listed.write_text(pdq_hash(pixels).hex + "\n")
+            subprocess.run([sys.executable, "-m", "pipeline.cli", "banks", "import", str(listed),
+                            "--format", "pdq"], env={**self.api.env}, check=True,
+                           capture_output=True, timeout=120)
+            d = self.held(data)
+            assert d["reasons"]["bank"]["bank"] == "violating", d
+            self._matched = str(d["decision_id"])
+        return self._matched
 
     def spare_key(self) -> int:
         r = self.admin.post("/v1/keys", json={"name": "spare", "scopes": ["classify"]})
@@ -153,6 +192,15 @@ class Fixtures:
                 {"headers": DANA, "json": {"verdict": "benign", "note": "matrix"}}),
             "/v1/review/items/{item_id}/release": lambda: Call(
                 method, f"/v1/review/items/{self.claimed_by_dana()}/release", {"headers": DANA}),
+            "/v1/review/items/{item_id}/cluster": lambda: Call(
+                method, f"/v1/review/items/{self.held(_red_blocks())['review_item_id']}/cluster",
+                {}),
+            "/v1/review/items/{item_id}/cluster-verdict": lambda: Call(
+                method, f"/v1/review/items/{self.claimed_by_dana(_red_blocks())}/cluster-verdict",
+                {"headers": DANA, "json": {"verdict": "benign", "note": "matrix"}}),
+            "/v1/review/bank-matches/{decision_id}": lambda: Call(
+                method, f"/v1/review/bank-matches/{self.bank_matched()}",
+                {"headers": DANA, "json": {"verdict": "confirmed"}}),
             "/v1/keys": lambda: Call(method, template, {"json": {"name": "made", "scopes": [
                 "review"]}} if method == "POST" else {}),
             "/v1/keys/{key_id}/revoke": lambda: Call(

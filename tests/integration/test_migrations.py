@@ -172,3 +172,45 @@ def test_0014_keeps_judged_annotations_across_upgrade_and_downgrade(db: Database
                          ).scalar_one() == 7
     db.upgrade()
     assert current_revision(db.engine) == "0014"
+
+
+def test_sha256_bank_entries_survive_0012_and_its_downgrade(db_url: str) -> None:
+    """0012 moves the sha256 entries into bank_hash (global, active, numbered) and they keep
+    matching; a PDQ entry added after it is dropped by the downgrade, the sha256 ones return."""
+    import datetime as dt
+
+    from alembic import command
+    from sqlalchemy import text
+
+    from review import add_to_bank, bank_current_seq, bank_lookup
+    from review.db import alembic_config
+
+    database = Database(db_url)
+    at = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
+    try:
+        database.upgrade_to("0011")
+        with database.engine.begin() as c:
+            for bank, digit in (("violating", "a"), ("cleared_benign", "b")):
+                c.execute(text(
+                    "INSERT INTO bank_entry (bank, sha256, source, note, created_at) "
+                    "VALUES (:b, :s, 'old list', 'n', :at)"),
+                    {"b": bank, "s": digit * 64, "at": at.replace(tzinfo=None)})
+        database.upgrade()
+        with database.transaction() as s:
+            assert bank_lookup(s, "a" * 64, at=at) == "violating"
+            assert bank_lookup(s, "b" * 64, at=at) == "cleared_benign"
+            assert bank_current_seq(s) == 2
+            assert add_to_bank(s, bank="violating", kind="pdq", value="c" * 64, source="x",
+                               actor="op", at=at) is not None
+            assert bank_current_seq(s) == 3
+        command.downgrade(alembic_config(database.engine), "0011")
+        with database.engine.connect() as c:
+            rows = c.execute(text("SELECT bank, sha256, source FROM bank_entry ORDER BY bank")
+                             ).all()
+            assert [tuple(r) for r in rows] == [("cleared_benign", "b" * 64, "old list"),
+                                                ("violating", "a" * 64, "old list")]
+        database.upgrade()
+        with database.transaction() as s:
+            assert bank_lookup(s, "a" * 64, at=at) == "violating"
+    finally:
+        database.dispose()
