@@ -75,8 +75,9 @@ class ClusterPublic(_Public):
     summary="The item's cluster: open near-duplicates (PDQ) in its queue",
     responses=responses(*AUTH_ERRORS, 404),
 )
-def show_cluster(item_id: ItemPath, _key: ReviewPrincipal, state: StateDep,
-                 s: SessionDep) -> dict[str, Any]:
+def show_cluster(item_id: ItemPath, key: ReviewPrincipal, state: StateDep,
+                 s: SessionDep, x_reviewer: XReviewer = None) -> dict[str, Any]:
+    acting(key, x_reviewer)  # a reviewer reads it: their own credential, or a delegate's
     cfg = state.rt.review.config
     return bank_cluster(s, item_id, threshold=cfg.pdq_threshold,
                         quality_floor=cfg.pdq_quality_floor)

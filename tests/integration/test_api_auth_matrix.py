@@ -194,7 +194,7 @@ class Fixtures:
                 method, f"/v1/review/items/{self.claimed_by_dana()}/release", {"headers": DANA}),
             "/v1/review/items/{item_id}/cluster": lambda: Call(
                 method, f"/v1/review/items/{self.held(_red_blocks())['review_item_id']}/cluster",
-                {}),
+                {"headers": DANA}),
             "/v1/review/items/{item_id}/cluster-verdict": lambda: Call(
                 method, f"/v1/review/items/{self.claimed_by_dana(_red_blocks())}/cluster-verdict",
                 {"headers": DANA, "json": {"verdict": "benign", "note": "matrix"}}),

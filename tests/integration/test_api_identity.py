@@ -73,7 +73,7 @@ def severe_item(api: ApiServer) -> dict[str, Any]:
     db = _db(api)
     try:
         with db.transaction() as s:
-            add_to_bank(s, bank="violating", sha256=hashlib.sha256(data).hexdigest(),
+            add_to_bank(s, bank="violating", value=hashlib.sha256(data).hexdigest(),
                         source="test", actor="test", at=utcnow())
     finally:
         db.dispose()

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.api_server(scorer="nudenet", env=ENV, client_scopes=("c
 @pytest.fixture(scope="module")
 def reviewers(api: ApiServer) -> Iterator[httpx.Client]:
     api.add_reviewer("eli", ["medical", "demo", "severe"], roles=["medical"])
-    with api.client(api.key("review")) as c:
+    with api.client(api.key("review", "delegate")) as c:  # a console acting for eli
         yield c
 
 
@@ -127,7 +127,7 @@ def test_a_violating_pdq_match_goes_to_review_and_a_reviewer_can_mark_it_false(
 
     url = f"/v1/review/bank-matches/{hit['decision_id']}"
     refused = reviewers.post(url, json={"verdict": "false"})  # who is acting?
-    assert refused.status_code == 422 and refused.json()["code"] == "request.invalid"
+    assert refused.status_code == 422 and refused.json()["code"] == "auth.reviewer_required"
     missing = reviewers.post("/v1/review/bank-matches/no-such", headers={"X-Reviewer": "eli"},
                              json={"verdict": "false"})
     assert missing.status_code == 404 and missing.json()["code"] == "bank.not_found"
