@@ -93,10 +93,12 @@ def test_kill_minus_nine_then_resume(tmp_path: Path) -> None:
         for run in range(KILLS + 1):
             before = decided(db)
             trace = tmp_path / f"trace-{run}.txt"
-            # every other kill at a point in the work (some decisions further on), so kills land
-            # mid-recording however slow the machine; the others at random moments
-            at_work = run % 2 == 1 and run < KILLS
-            delay = None if at_work or run == KILLS else rng.uniform(0.2, 6.0)
+            # every other kill, the first included, at a point in the work (some decisions
+            # further on), so kills land mid-recording however fast or slow the machine (on an
+            # idle one the whole job takes ~2 s: a first kill at a random moment of up to 6 s
+            # found it finished, and no later kill had work left); the others at random moments
+            at_work = run % 2 == 0 and run < KILLS
+            delay = None if at_work or run == KILLS else rng.uniform(0.05, 1.5)
             target = len(before) + rng.randint(1, 12) if at_work else None
             killed = run_job(images, out, env, trace, tmp_path / f"run-{run}.log", delay, db=db,
                              kill_at_decisions=target, from_first_batch=run % 3 != 0)
