@@ -4,7 +4,7 @@ operator who made it."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.table import Table
@@ -94,13 +94,7 @@ def reviewers_grant(
     as_json: JsonOpt = False,
 ) -> int:
     """Give a reviewer more queues and/or roles."""
-    if not queue and not role:
-        raise NothingToChange()
-    rt = runtime()
-    with rt.db.transaction() as s:
-        rt.review.grant(s, reviewer_id=reviewer, queues=queue or [], roles=role or [],
-                        actor=_actor())
-    return _after(reviewer, as_json)
+    return _change("grant", reviewer, queue, role, as_json)
 
 
 @app.command("revoke")
@@ -112,12 +106,17 @@ def reviewers_revoke(
     as_json: JsonOpt = False,
 ) -> int:
     """Take queues and/or roles away from a reviewer."""
+    return _change("revoke", reviewer, queue, role, as_json)
+
+
+def _change(how: Literal["grant", "revoke"], reviewer: str, queue: list[str] | None,
+            role: list[str] | None, as_json: bool) -> int:
     if not queue and not role:
         raise NothingToChange()
     rt = runtime()
     with rt.db.transaction() as s:
-        rt.review.revoke(s, reviewer_id=reviewer, queues=queue or [], roles=role or [],
-                         actor=_actor())
+        change = rt.review.grant if how == "grant" else rt.review.revoke
+        change(s, reviewer_id=reviewer, queues=queue or [], roles=role or [], actor=_actor())
     return _after(reviewer, as_json)
 
 
