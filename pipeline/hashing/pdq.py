@@ -42,7 +42,7 @@ MATCH_THRESHOLD: Final = 31
 QUALITY_FLOOR: Final = 50
 #: images longer than this on their longer side are box-reduced to it first (as Meta's own
 #: photo hasher does): PDQ blurs every image down to 64x64, and its cost grows with the pixels
-#: (29 ms for a 1024x768 photo on the development machine, 4.7 ms reduced to 512x384 first)
+#: (29 ms for a 1024x768 photo on the development machine, 5 ms reduced to 512x384 first)
 MAX_SIDE: Final = 512
 
 _HEX = re.compile(r"[0-9a-fA-F]{64}")
@@ -156,9 +156,12 @@ def _prepare(pixels: npt.NDArray[np.uint8], max_side: int | None) -> npt.NDArray
         # different sizes to the same size, and saves most of the time.
         scale = max_side / longer
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        reduced = Image.fromarray(np.ascontiguousarray(pixels)).resize(
-            size, Image.Resampling.BOX)
-        return np.asarray(reduced)
+        image = Image.fromarray(np.ascontiguousarray(pixels))
+        if longer >= 2 * max_side:  # a whole-factor box reduction first: a third of the cost
+            image = image.reduce(longer // max_side)
+        if image.size != size:
+            image = image.resize(size, Image.Resampling.BOX)
+        return np.asarray(image)
     # pdqhash reads the luma buffer as row-major without looking at strides: a transposed or
     # rotated *view* gives a silently wrong hash, so the pixels are made C-contiguous here.
     return np.ascontiguousarray(pixels)
