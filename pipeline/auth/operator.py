@@ -19,7 +19,7 @@ from typing import Final
 from pipeline.auth.errors import SameOperator
 from pipeline.auth.principal import Principal, PrincipalKind
 
-__all__ = ["OPERATOR_SCOPES", "Operator", "current", "from_credential",
+__all__ = ["OPERATOR_SCOPES", "Operator", "current", "current_actor", "from_credential",
            "require_another_person"]
 
 #: an operator can do everything the API can, and act for any reviewer it names (marked as a
@@ -113,3 +113,9 @@ def _safe(value: str, pattern: re.Pattern[str]) -> str:
     if pattern.fullmatch(value):
         return value
     return "x" + hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def current_actor() -> str:
+    """What an audit event's `actor` says of the operator running this process (their
+    credential, `os:user@host`): for the CLI's own acts, never a name the caller passes."""
+    return current().principal().actor

@@ -11,20 +11,13 @@ from typing import Annotated
 
 import typer
 
+from pipeline.auth import operator
 from pipeline.cli._common import Exit, JsonOpt, emit, group, guarded, runtime
 from pipeline.errors import PipelineError
 
 app = group("banks", "Hash banks: violating and cleared_benign (sha256 and PDQ).")
 
 BankOpt = Annotated[str, typer.Option(help="violating | cleared_benign")]
-
-
-def _operator() -> str:
-    """Who does this: the operator's account (`os:user@host`, what the kernel says), never a
-    name the caller passes."""
-    from pipeline.auth import operator
-
-    return operator.current().principal().actor
 
 
 @app.command("import")
@@ -62,7 +55,8 @@ def banks_import(
                                         reason=r.note or (r.source_id or "")))
     with rt.db.transaction() as s:
         added, present = import_bank_entries(
-            s, entries, bank=bank, source=source or path.name, actor=_operator(), at=now,
+            s, entries, bank=bank, source=source or path.name, actor=operator.current_actor(),
+            at=now,
             scope_account=scope_account,
             expires_at=now + dt.timedelta(days=expires_days) if expires_days else None)
     emit({"bank": bank, "format": fmt, "added": added, "already_present": present,
@@ -129,7 +123,8 @@ def banks_remove(
 
     rt = runtime()
     with rt.db.transaction() as s:
-        emit(remove_bank_entry(s, entry_id, actor=_operator(), at=rt.review.clock(),
+        emit(remove_bank_entry(s, entry_id, actor=operator.current_actor(),
+                               at=rt.review.clock(),
                                reason=reason), as_json)
     return Exit.OK
 
@@ -146,14 +141,14 @@ def banks_reinstate(
 
     rt = runtime()
     with rt.db.transaction() as s:
-        emit(set_bank_entry_state(s, entry_id, "active", actor=_operator(), at=rt.review.clock(),
+        emit(set_bank_entry_state(s, entry_id, "active", actor=operator.current_actor(),
+                                  at=rt.review.clock(),
                                   reason=reason, event="bank.reinstated"), as_json)
     return Exit.OK
 
 
 def _judge(decision_id: str, entry: int | None, verdict: str, reviewer: str, note: str,
            as_json: bool) -> int:
-    from pipeline.auth import operator
     from review import judge_bank_match
 
     op = operator.current()  # acts for --reviewer, as a delegate, through its own account

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 import typer
 from rich.table import Table
 
+from pipeline.auth import operator
 from pipeline.cli._common import Exit, JsonOpt, emit, err, group, guarded, out, runtime
 from pipeline.errors import PipelineError
 
@@ -24,12 +25,6 @@ class NothingToChange(PipelineError):
     """Name at least one --queue or --role."""
 
     code = "reviewers.nothing_to_change"
-
-
-def _actor() -> str:
-    from pipeline.auth.operator import current
-
-    return current().principal().actor
 
 
 def _after(reviewer: str, as_json: bool) -> int:
@@ -81,7 +76,7 @@ def reviewers_add(
     rt = runtime()
     with rt.db.transaction() as s:
         rt.review.add_reviewer(s, reviewer_id=reviewer, queues=queue or [], roles=role or [],
-                               display_name=name, actor=_actor())
+                               display_name=name, actor=operator.current_actor())
     return _after(reviewer, as_json)
 
 
@@ -116,7 +111,8 @@ def _change(how: Literal["grant", "revoke"], reviewer: str, queue: list[str] | N
     rt = runtime()
     with rt.db.transaction() as s:
         change = rt.review.grant if how == "grant" else rt.review.revoke
-        change(s, reviewer_id=reviewer, queues=queue or [], roles=role or [], actor=_actor())
+        change(s, reviewer_id=reviewer, queues=queue or [], roles=role or [],
+               actor=operator.current_actor())
     return _after(reviewer, as_json)
 
 
@@ -130,7 +126,7 @@ def reviewers_deactivate(
     queues are kept; `reviewers add` makes them active again)."""
     rt = runtime()
     with rt.db.transaction() as s:
-        rt.review.deactivate_reviewer(s, reviewer_id=reviewer, actor=_actor())
+        rt.review.deactivate_reviewer(s, reviewer_id=reviewer, actor=operator.current_actor())
     return _after(reviewer, as_json)
 
 
