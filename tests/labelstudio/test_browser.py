@@ -14,7 +14,9 @@ from tests.labelstudio.conftest import REVIEWER_PASSWORD, Stack
 from tests.labelstudio.test_sync import task_of
 
 
-def test_reviewer_decides_in_label_studio(stack: Stack, page: Any, artifacts: Path) -> None:
+def test_reviewer_decides_in_label_studio(
+    stack: Stack, browser: Any, page: Any, artifacts: Path
+) -> None:
     projects = stack.sync.setup().projects
     item = stack.flag(42, audience="public")
     with stack.rt.db.transaction() as s:
@@ -25,19 +27,27 @@ def test_reviewer_decides_in_label_studio(stack: Stack, page: Any, artifacts: Pa
     tid = task_of(stack, item)
     ls = stack.ls.url
 
-    # a reviewer joins through the organisation's invite link, as people do
+    # a reviewer joins through the organisation's invite link, as people do. The sign-up has
+    # a browser context of its own, closed before the log-in: Label Studio refreshes the
+    # session cookie on every response, so a request still in flight from the sign-up page
+    # could set it again after clear_cookies() (CI saw /user/login/ redirect to / that way)
     invite = stack.admin().organizations.invites.get_invite_link().invite_url
     email = f"rita-{tid}@reviewers.test"
-    page.goto(f"{ls}{invite}" if invite.startswith("/") else invite)
-    page.fill("#email", email)
-    page.fill("#password", REVIEWER_PASSWORD)
-    page.locator("button[type=submit], input[type=submit]").first.click()
-    page.wait_for_url(lambda u: "/user/signup" not in u, timeout=30_000)
+    signup_ctx = browser.new_context()
+    try:
+        signup = signup_ctx.new_page()
+        signup.set_default_timeout(90_000)
+        signup.goto(f"{ls}{invite}" if invite.startswith("/") else invite)
+        signup.fill("#email", email)
+        signup.fill("#password", REVIEWER_PASSWORD)
+        signup.locator("button[type=submit], input[type=submit]").first.click()
+        signup.wait_for_url(lambda u: "/user/signup" not in u, timeout=30_000)
+    finally:
+        signup_ctx.close()
     uid = stack.sync.client.user_id_for(email)
     assert uid is not None
     with stack.rt.db.transaction() as s:
         stack.sync.map_reviewer(s, email=email, reviewer_id="alice", ls_user_id=uid)
-    page.context.clear_cookies()
     page.goto(f"{ls}/user/login/")
     page.fill("#email", email)
     page.fill("#password", REVIEWER_PASSWORD)
