@@ -19,12 +19,12 @@ from pipeline.banks import Query
 from pipeline.batch.errors import MODEL_FAILED
 from pipeline.batch.predictor import Prediction
 from pipeline.batch.sources import SourceRow
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, UploadContextConflict
 from pipeline.policy import Context
 from pipeline.routing import route
 from pipeline.runtime import Runtime
 from pipeline.scoring import Scored, UploadRequest
-from review import NewUpload, Routing, get_decisions
+from review import DecisionRecord, NewUpload, Recorded, Routing, get_decisions
 
 __all__ = ["BatchRecorder", "error_row", "result_row"]
 
@@ -103,9 +103,8 @@ class BatchRecorder:
         for row in wanted:
             hit = found.get((row.account_id, row.upload_id))
             if hit is not None:
-                scored = Scored(request=_request(row))
-                scored.fill_from_store(hit, decisions[hit.decision_id])
-                out[row.ordinal] = result_row(row, scored)
+                out[row.ordinal] = _answer_from_store(row, Scored(request=_request(row)), hit,
+                                                      decisions[hit.decision_id])
         return out
 
     def record(
@@ -174,7 +173,19 @@ class BatchRecorder:
                 scored.model_version = routing.model_version
                 scored.policy_version = routing.policy_version
                 scored.reasons = dict(routing.reasons)
+                results.append(result_row(row, scored))
             else:
-                scored.fill_from_store(rec, stored[rec.decision_id])
-            results.append(result_row(row, scored))
+                results.append(_answer_from_store(row, scored, rec, stored[rec.decision_id]))
         return results
+
+
+def _answer_from_store(row: SourceRow, scored: Scored, found: Recorded,
+                       decision: DecisionRecord) -> dict[str, Any]:
+    """The output row of an upload decided before (by an earlier job, or an earlier row of
+    this one).  Asked again with another context, it is that row's error
+    (`upload.context_conflict`: the first decision stands); the job goes on."""
+    try:
+        scored.fill_from_store(found, decision)
+    except UploadContextConflict as exc:
+        return error_row(row, exc.code, exc.detail)
+    return result_row(row, scored)

@@ -135,3 +135,39 @@ def test_batches_on_postgres(small_set: ImageSet, tmp_path: Path, pg_url: str,
         assert items == sum(1 for r in rows.values() if r["review_item_id"] is not None)
         assert audit.verify(s).ok
     assert result.summary["decided"] == small_set.n_images
+
+
+def test_another_context_is_that_rows_error_and_the_job_goes_on(
+        small_set: ImageSet, tmp_path: Path, make_runtime: Any) -> None:
+    """An upload is decided once, with the context it was first scored with (as the API and
+    `lookfirst score` refuse): a later row naming the same upload with another context gets
+    `upload.context_conflict`, in a later job and within one batch, and the rest is scored."""
+    rt = make_runtime(tmp_path / "d", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    images = sorted(small_set.folder.glob("img*.jpg"))[:3]
+
+    def manifest(name: str, rows: list[tuple[Path, str, dict[str, Any]]]) -> Path:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"path": str(p), "upload_id": u, "account_id": "a",
+                                            "context": c}) + "\n" for p, u, c in rows))
+        return path
+
+    first = manifest("one.jsonl", [(images[0], "u0", {}), (images[1], "u1", {})])
+    run_job(rt, str(first), tmp_path / "one", FP32)
+    second = manifest("two.jsonl", [
+        (images[0], "u0", {"medical_sharing": True}),  # decided before, without it
+        (images[1], "u1", {}),                         # the same again: answered from the store
+        (images[2], "u2", {}),                         # new
+        (images[2], "u2", {"audience": "public"}),     # the same batch names u2 twice
+    ])
+    result = run_job(rt, str(second), tmp_path / "two", FP32)
+    rows = read_rows(tmp_path / "two")
+    assert rows[0]["error_code"] == "upload.context_conflict"
+    assert "medical_sharing=true" in rows[0]["error_detail"]
+    assert rows[1]["error_code"] is None and rows[1]["already_scored"]
+    assert rows[2]["error_code"] is None and rows[2]["decision_id"]
+    assert rows[3]["error_code"] == "upload.context_conflict"
+    assert result.summary["errors"] == {"upload.context_conflict": 2}
+    with rt.db.transaction() as s:
+        contexts = dict(s.execute(select(Upload.external_id, Upload.context)).all())
+    assert set(contexts) == {"u0", "u1", "u2"}
+    assert not contexts["u0"].get("medical_sharing") and contexts["u2"]["audience"] == "private"
