@@ -15,7 +15,7 @@ import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata, resources
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,10 @@ FloatArray = npt.NDArray[np.float32]
 
 
 def default_card_path() -> Path:
-    """The card shipped with this package (models/cards/nudenet-320n.json)."""
-    return Path(str(resources.files("models").joinpath("cards").joinpath("nudenet-320n.json")))
+    """The card shipped with this package (models/cards/nudenet-320n.json), found next to this
+    file: `importlib.resources` resolves the package by its name, and `models` is a common one
+    (onnxruntime's transformers folder has a `models` directory it puts on sys.path)."""
+    return Path(__file__).resolve().parent / "cards" / "nudenet-320n.json"
 
 
 @dataclass(frozen=True, slots=True)

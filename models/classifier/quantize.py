@@ -11,9 +11,11 @@ classifier helper writes a new model directory with its own card and sha256.  No
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import logging
+import sys
 import tempfile
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -98,6 +100,21 @@ class _Reader:
         pass
 
 
+@contextlib.contextmanager
+def _sys_path_kept() -> Iterator[None]:
+    """Importing onnxruntime.quantization appends onnxruntime/transformers to sys.path (for
+    its own flat imports), and that folder has a `models` directory.  Left there, a process
+    spawned afterwards (a batch job's workers get their parent's sys.path) resolves `models`
+    to it as a namespace package whenever lookfirst is an editable install (its finder comes
+    after the path): the model card went missing in every worker of the first
+    `lookfirst batch --model int8-mixed`.  The import is done by then; the path goes back."""
+    saved = list(sys.path)
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
 def quantize_onnx(
     src: Path,
     dst: Path,
@@ -113,12 +130,14 @@ def quantize_onnx(
     """
     try:
         import onnx
-        from onnxruntime.quantization import (
-            CalibrationMethod,
-            QuantFormat,
-            QuantType,
-            quantize_static,
-        )
+
+        with _sys_path_kept():
+            from onnxruntime.quantization import (
+                CalibrationMethod,
+                QuantFormat,
+                QuantType,
+                quantize_static,
+            )
     except ImportError as exc:  # pragma: no cover - the torch extra installs onnx
         raise ModelDependencyMissing("quantisation needs the `onnx` package") from exc
     model = onnx.load(str(src))
