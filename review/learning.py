@@ -73,6 +73,10 @@ class ReviewedDecision:
     model_version: str
     created_at: dt.datetime
     items: tuple[ReviewedItem, ...]
+    #: the content's PDQ hash (64 hex digits) and quality as ingest stored them (None: the
+    #: content was not hashed)
+    content_pdq: str | None = None
+    content_pdq_quality: int | None = None
 
 
 def reviewed_decisions(
@@ -115,7 +119,7 @@ def _reviewed(s: Session, ids: Sequence[str]) -> list[ReviewedDecision]:
     rows = s.execute(
         select(Decision.id, Decision.outcome, Decision.model_version, Decision.created_at,
                Upload.id.label("upload_id"), Upload.content_sha256, Upload.context,
-               Content.mime)
+               Content.mime, Content.pdq, Content.pdq_quality)
         .join(Upload, Upload.id == Decision.upload_id)
         .join(Content, Content.sha256 == Upload.content_sha256)
         .where(Decision.id.in_(ids))
@@ -126,7 +130,8 @@ def _reviewed(s: Session, ids: Sequence[str]) -> list[ReviewedDecision]:
             decision_id=r.id, upload_id=r.upload_id, content_sha256=r.content_sha256,
             mime=r.mime, context=dict(r.context or {}), outcome=r.outcome,
             model_version=r.model_version, created_at=r.created_at,
-            items=tuple(items.get(r.id, ())),
+            items=tuple(items.get(r.id, ())), content_pdq=r.pdq,
+            content_pdq_quality=r.pdq_quality,
         )
         for r in rows
     ]

@@ -17,14 +17,32 @@ them is an audited act: an event in review's audit chain names the operator, the
 and the manifest's sha256.
 
 **Split.** Rows are grouped into clusters that must not straddle a split: the same content
-(one row already) and near-duplicates, found by PDQ (at most 31 bits apart, Meta's match
-threshold) computed from the exported images.  Clusters are the connected components of the
-near-duplicate pairs.  A cluster's split is fixed by its key (the smallest sha256 in it):
+(one row already) and near-duplicates.  Two contents are near-duplicates when any of the eight
+dihedral PDQ hashes of one (the picture as it is, mirrored, turned by quarter turns) is at
+most 31 bits (Meta's match threshold) from the other's original hash: a mirrored or turned
+copy of a training image does not land in the test split.  That is the banks' rule, and the
+lookup is theirs (`PdqIndex.search_any` over an exhaustive index, which misses nothing within
+the threshold); images whose quality is under the floor (flat ones, whose hash is noise) pair
+with nothing.  Clusters are the connected components of the near-duplicate pairs.  A
+cluster's split is fixed by its key (the smallest sha256 in it):
 `u = int(sha256("lookfirst.split:" + key)[:16], 16) / 2**64` falls into train, val, calib
 or test by cumulative shares (default 60/15/10/15), so an export repeated over more data
 keeps every old row where it was, unless a new near-duplicate joins its cluster with a
-smaller key.  `near_duplicates` is the hook for another finder (the banks' stored PDQ hashes
-and their cluster function, once content carries them).
+smaller key.  `near_duplicates` is the hook for another finder.
+
+*Where the hashes come from.*  Ingest stores one hash per content (`Content.pdq`, the original
+orientation), not the other seven, and the dihedral hashes need the pixels; so the export
+decodes each exported image (it holds the sha256-verified bytes anyway) the way ingest does,
+and computes all eight in one pass (about the cost of one hash).  The index holds these
+recomputed originals, not the stored ones, so that every hash an export compares comes from
+the same decoder and hasher: a content hashed before the hasher changed (the 512 px reduction)
+would otherwise be compared a few bits off.  The stored hash is the cross-check: it should be
+the recomputed original exactly; a content whose stored hash is beyond the threshold from it
+is logged as a warning (the hasher or decoder changed in a way that moves hashes, and the
+banks' entries made from stored hashes deserve a look).  A content ingest did not hash is
+hashed here like any other.  Storing all eight hashes at ingest instead would take a
+migration and 224 more bytes a content to spare a decode that the export, which copies every
+image anyway, can afford (about 5 ms a photo at 512 px).
 
 Files: `manifest.jsonl` (models/classifier/data.py reads it), `dataset.json` (what was
 exported, counts, the split rule, the manifest's sha256), `images/`.
@@ -38,6 +56,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -49,6 +68,7 @@ import numpy as np
 
 from pipeline.auth.operator import Operator, current
 from pipeline.blobs import BlobError, BlobStore
+from pipeline.hashing.pdq import MATCH_THRESHOLD, Pdq, hamming
 from pipeline.learning.errors import ExportTargetNotEmpty, NothingToExport
 from pipeline.runtime import Runtime
 from review import ReviewedDecision, ReviewedItem, Verdict, append_audit_event, reviewed_decisions
@@ -66,9 +86,9 @@ _EXT: Final = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "i
 _CONCLUSIVE: Final = frozenset({Verdict.VIOLATING, Verdict.BENIGN, Verdict.BENIGN_MEDICAL})
 _NEGATIVE: Final = frozenset({Verdict.BENIGN, Verdict.BENIGN_MEDICAL})
 
-#: near-duplicate finder: the exported images (sha256 -> file) -> pairs of sha256 that are the
-#: same picture
-NearDuplicates = Callable[[Mapping[str, Path]], Iterable[tuple[str, str]]]
+#: near-duplicate finder: the exported images (sha256 -> file) and the PDQ hashes ingest stored
+#: for them (sha256 -> hash, where it stored one) -> pairs of sha256 that are the same picture
+NearDuplicates = Callable[[Mapping[str, Path], Mapping[str, Pdq]], Iterable[tuple[str, str]]]
 
 
 # ---- labels from verdicts -------------------------------------------------------------------
@@ -111,6 +131,8 @@ class Row:
     provenance: dict[str, Any]
     cluster: str = ""
     split: str = ""
+    #: the PDQ hash ingest stored for the content (None: not hashed); not in the manifest
+    stored_pdq: Pdq | None = field(default=None, repr=False)
 
     @property
     def path(self) -> str:
@@ -163,8 +185,14 @@ def build_rows(decisions: Sequence[ReviewedDecision]) -> tuple[list[Row], Counte
         }
         rows.append(Row(sha256=sha, mime=win.decision.mime, labels=win.labels,
                         resolution=win.resolution, context=dict(win.decision.context),
-                        provenance=provenance))
+                        provenance=provenance, stored_pdq=_stored_pdq(win.decision)))
     return rows, skipped
+
+
+def _stored_pdq(d: ReviewedDecision) -> Pdq | None:
+    if d.content_pdq is None or d.content_pdq_quality is None:
+        return None
+    return Pdq.from_hex(d.content_pdq, d.content_pdq_quality)
 
 
 # ---- the split ------------------------------------------------------------------------------
@@ -209,31 +237,50 @@ def clusters(keys: Sequence[str], pairs: Iterable[tuple[str, str]]) -> dict[str,
     return {k: find(k) for k in keys}
 
 
-def pdq_near_duplicates(images: Mapping[str, Path]) -> list[tuple[str, str]]:
-    """Pairs of images whose PDQ hashes are at most 31 bits apart (exhaustive lookup, so none
-    within the threshold is missed); flat images whose hash is noise pair with nothing.  One
-    image in memory at a time; 32 bytes kept per image."""
-    from models.classifier.data import decode_image
+def pdq_near_duplicates(
+    images: Mapping[str, Path], stored: Mapping[str, Pdq] | None = None
+) -> list[tuple[str, str]]:
+    """Pairs of images (sorted, each pair smaller sha256 first) where a dihedral hash of one is
+    within the match threshold of the other's original hash (see the module docstring);
+    `stored`: the hashes ingest stored, checked against the recomputed ones.  Exhaustive
+    lookup, so none within the threshold is missed; images under the quality floor pair with
+    nothing.  One image in memory at a time; 256 bytes kept per image."""
     from pipeline.hashing.index import PdqIndex
-    from pipeline.hashing.pdq import pdq_hash
+    from pipeline.ingest import ingest_bytes, with_pdq
 
     keys = list(images)
-    hashes, qualities = [], []
-    for k in keys:
-        pdq = pdq_hash(decode_image(images[k]))  # decode_image reads a path
-        hashes.append(pdq.hash)
-        qualities.append(pdq.quality)
     if not keys:
         return []
+    stored = stored or {}
+    dihedral = []
+    drifted = 0
+    for k in keys:
+        data = images[k].read_bytes()
+        # ingest's own decode (EXIF orientation, alpha over white) and hasher: the stored hash
+        # came from them.  The content passed ingest's limits once; Pillow's still apply.
+        pdq = with_pdq(ingest_bytes(data, max_bytes=max(1, len(data)),
+                                    max_pixels=sys.maxsize)).pdq
+        assert pdq is not None
+        dihedral.append(pdq)
+        old = stored.get(k)
+        if old is not None and hamming(old.hash, pdq.original.hash) > MATCH_THRESHOLD:
+            drifted += 1
+            log.warning("stored PDQ hash is far from the exported image's",
+                        extra={"sha256": k, "distance": hamming(old.hash, pdq.original.hash)})
+    if drifted:
+        log.warning("stored PDQ hashes disagree with the recomputed ones",
+                    extra={"contents": drifted, "of": len(keys)})
     index = PdqIndex(exhaustive=True)
-    index.add_many(np.arange(len(keys), dtype=np.int64), hashes, qualities)
-    found = index.search_many(hashes)
-    pairs = []
-    for i, matches in enumerate(found):
-        if qualities[i] < index.quality_floor:
-            continue
-        pairs += [(keys[i], keys[m.entry_id]) for m in matches if m.entry_id > i]
-    return pairs
+    index.add_many(np.arange(len(keys), dtype=np.int64), [d.hashes[0] for d in dihedral],
+                   [d.quality for d in dihedral])
+    pairs: set[tuple[str, str]] = set()
+    for i, d in enumerate(dihedral):
+        # nothing when d is under the floor; entries under it were never indexed
+        for m in index.search_any(d.hashes, quality=d.quality):
+            if m.entry_id != i:
+                a, b = keys[i], keys[m.entry_id]
+                pairs.add((a, b) if a < b else (b, a))
+    return sorted(pairs)
 
 
 # ---- the export -----------------------------------------------------------------------------
@@ -307,7 +354,8 @@ def export_dataset(
         rows = [r for r in rows if r.sha256 in kept]
         if not rows:
             raise NothingToExport("none of the reviewed content is in the blob store")
-        cluster_of = clusters([r.sha256 for r in rows], near_duplicates(kept))
+        stored = {r.sha256: r.stored_pdq for r in rows if r.stored_pdq is not None}
+        cluster_of = clusters([r.sha256 for r in rows], near_duplicates(kept, stored))
         for r in rows:
             r.cluster = cluster_of[r.sha256]
             r.split = split_of(r.cluster, split_shares)
@@ -331,8 +379,9 @@ def export_dataset(
             "policy": {"name": rt.policy.name, "version": rt.policy.version},
             **result.as_dict(),
             "negatives": sum(not r.labels for r in rows),
-            "split_rule": {"shares": split_shares, "cluster": "same sha256, or PDQ within "
-                           "31 bits (connected components)", "key": "smallest sha256 of the "
+            "split_rule": {"shares": split_shares, "cluster": "same sha256, or a dihedral "
+                           "PDQ hash (flips, quarter turns) of one within 31 bits of the "
+                           "other's (connected components)", "key": "smallest sha256 of the "
                            "cluster", "bucket": "int(sha256('lookfirst.split:' + key)[:16], "
                            "16) / 2**64 against the cumulative shares"},
         }

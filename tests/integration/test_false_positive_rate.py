@@ -8,6 +8,7 @@ import io
 import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -118,7 +119,10 @@ def test_flagged_counts_group_by_context_on_both_backends(db: Database,
     items = []
     with db.transaction() as s:
         for n, ctx in enumerate(contexts):
-            r = svc.record(s, upload(n, **ctx),
+            new = upload(n, **ctx)
+            if n == 0:  # hashed at ingest
+                new = replace(new, pdq="ab" * 32, pdq_quality=87)
+            r = svc.record(s, new,
                            routing(queue="adult", severity="low", proposed=("remove_content",)))
             items.append(r.item_id)
         record(svc, s, "qa-sample", outcome="allow", queue="qa", qa=True)  # never counted
@@ -146,6 +150,10 @@ def test_flagged_counts_group_by_context_on_both_backends(db: Database,
         one = reviewed[sha(1)]
         assert one.items[0].resolution == "violating"
         assert one.items[0].verdicts[0].categories == ("cat.low",)
+        # the content's stored PDQ hash comes with it (the export's cross-check)
+        assert (reviewed[sha(0)].content_pdq, reviewed[sha(0)].content_pdq_quality) == (
+            "ab" * 32, 87)
+        assert (one.content_pdq, one.content_pdq_quality) == (None, None)
         # every decision once, in (time, id) order, across batches of equal times
         traffic = list(iter_traffic(s, batch=2))
         assert sorted(map(str, (t.resolution for t in traffic))) == sorted(
