@@ -1,4 +1,5 @@
-"""API keys: creation, hashed storage, scopes, verification (cached) and per-key rate limits.
+"""API keys: creation, hashed storage, scopes, verification (cached), and the rate limits of
+keys and of reviewers' bearer tokens.
 
 A key is `lf_<prefix>_<secret>`: 8 characters that identify it (shown in listings and logs)
 and 256 bits of randomness.  Only the sha256 of the whole key is stored, so a database copy
@@ -53,9 +54,11 @@ __all__ = [
     "create_key",
     "find_key",
     "hash_key",
+    "key_bucket",
     "list_keys",
     "parse_scopes",
     "revoke_key",
+    "token_bucket",
 ]
 
 
@@ -110,7 +113,7 @@ class DelegateKeyRefused(PipelineError):
 
 
 class RateLimited(PipelineError):
-    """Too many requests for this API key; retry after the number of seconds in Retry-After."""
+    """Too many requests for this credential; retry after the number of seconds in Retry-After."""
 
     code = "rate_limited"
     kind = ErrorKind.LIMITED
@@ -309,11 +312,26 @@ class KeyVerifier:
 
 
 # ---- rate limits -------------------------------------------------------------------------------
+def key_bucket(key_id: int) -> str:
+    """The rate bucket of an API key (its own rate, `rate_per_minute`, or the default)."""
+    return f"key:{key_id}"
+
+
+def token_bucket(reviewer: str) -> str:
+    """The rate bucket of a reviewer's bearer tokens, at the default rate: one per reviewer,
+    whichever token or identity-provider account a request comes through (a second token
+    is no second budget).  One issuer per server, so the issuer is not part of the name."""
+    return f"oidc:{reviewer}"
+
+
 class RateLimiter:
-    """One token bucket per key: `rate_per_minute` refill, `burst_s` seconds' worth of capacity.
+    """One token bucket per name (`key_bucket`, `token_bucket`): `per_minute` refill (the
+    default rate unless the caller gives one), `burst_s` seconds' worth of capacity.
 
     In memory, per server process: right for one process (SQLite's one server); with N
-    processes a key would get up to N times its rate, which `SharedRateLimiter` prevents."""
+    processes a key would get up to N times its rate, which `SharedRateLimiter` prevents.
+    Buckets are made only for authenticated callers (keys, registered reviewers), so their
+    number is bounded."""
 
     #: whether `check` does I/O (the API then calls it off the event loop)
     blocking = False
@@ -328,31 +346,33 @@ class RateLimiter:
         self.default_per_minute = default_per_minute
         self.burst_s = burst_s
         self.clock = clock
-        self._buckets: dict[int, tuple[float, float]] = {}  # key id -> (tokens, at)
+        self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, at)
         self._lock = threading.Lock()
 
-    def check(self, key: ApiKeyInfo) -> None:
-        """Take one token for `key`, or raise RateLimited with the wait until one is there."""
-        rate = (key.rate_per_minute or self.default_per_minute) / 60.0
+    def check(self, bucket: str, per_minute: int | None = None) -> None:
+        """Take one token from `bucket`, or raise RateLimited with the wait until one is
+        there."""
+        rate = (per_minute or self.default_per_minute) / 60.0
         capacity = max(1.0, rate * self.burst_s)
         now = self.clock()
         with self._lock:
-            tokens, at = self._buckets.get(key.id, (capacity, now))
+            tokens, at = self._buckets.get(bucket, (capacity, now))
             tokens = min(capacity, tokens + (now - at) * rate)
             if tokens < 1.0:
-                self._buckets[key.id] = (tokens, now)
+                self._buckets[bucket] = (tokens, now)
                 raise RateLimited((1.0 - tokens) / rate)
-            self._buckets[key.id] = (tokens - 1.0, now)
+            self._buckets[bucket] = (tokens - 1.0, now)
 
 
 class SharedRateLimiter:
-    """The same token buckets kept in the database, so that a key's rate holds across every
-    process that serves it (`lookfirst serve --workers N`, or several hosts).
+    """The same token buckets kept in the database, so that a key's (or a reviewer's tokens')
+    rate holds across every process that serves it (`lookfirst serve --workers N`, or
+    several hosts).
 
     One statement per request takes a token (PostgreSQL: an `UPDATE ... RETURNING` in
-    autocommit, one round trip; the bucket's row lock orders concurrent requests of one key,
-    and requests of different keys never wait on each other).  Measured on the 2-core
-    development machine: see docs/batch.md."""
+    autocommit, one round trip; the bucket's row lock orders concurrent requests of one
+    bucket, and requests of different buckets never wait on each other).  Measured on the
+    2-core development machine: see docs/batch.md."""
 
     blocking = True
 
@@ -365,18 +385,19 @@ class SharedRateLimiter:
         #: process-local clock will do
         self.clock = clock
 
-    def check(self, key: ApiKeyInfo) -> None:
-        """Take one token for `key`, or raise RateLimited with the wait until one is there."""
-        rate = (key.rate_per_minute or self.default_per_minute) / 60.0
+    def check(self, bucket: str, per_minute: int | None = None) -> None:
+        """Take one token from `bucket`, or raise RateLimited with the wait until one is
+        there."""
+        rate = (per_minute or self.default_per_minute) / 60.0
         capacity = max(1.0, rate * self.burst_s)
         now = self.clock()
         if self.db.engine.dialect.name == "sqlite":
             with self.db.transaction() as s:
-                wait = take_rate_token(s, key_id=key.id, per_second=rate, capacity=capacity,
+                wait = take_rate_token(s, bucket=bucket, per_second=rate, capacity=capacity,
                                        now=now)
         else:
             with self.db.autocommit() as conn:
-                wait = take_rate_token(conn, key_id=key.id, per_second=rate, capacity=capacity,
+                wait = take_rate_token(conn, bucket=bucket, per_second=rate, capacity=capacity,
                                        now=now)
         if wait > 0:
             raise RateLimited(wait)

@@ -88,7 +88,7 @@ def revoke_api_key(s: Session, *, key_id: int, now: dt.datetime) -> ApiKeyRecord
     return _record(row)
 
 
-# ---- rate buckets shared by every API process ----------------------------------------------
+# ---- rate buckets shared by every API process (named: `key:<id>`, `oidc:<reviewer>`) -------
 _BUCKET = cast(Table, ApiRateBucket.__table__)
 _NOW: BindParameter[float] = bindparam("t_now")
 # a clock behind the last taker's refills nothing and moves nothing back
@@ -98,27 +98,28 @@ _LEVEL = case((bindparam("capacity") < _REFILLED, bindparam("capacity")), else_=
 #: one statement takes a token if there is one (the row lock orders concurrent takers)
 _TAKE = (
     update(_BUCKET)
-    .where(_BUCKET.c.key_id == bindparam("k"), _LEVEL >= 1.0)
+    .where(_BUCKET.c.bucket == bindparam("k"), _LEVEL >= 1.0)
     .values(tokens=_LEVEL - 1.0, at=case((_BUCKET.c.at < _NOW, _NOW), else_=_BUCKET.c.at))
-    .returning(_BUCKET.c.key_id)
+    .returning(_BUCKET.c.bucket)
 )
-_READ = select(_LEVEL).where(_BUCKET.c.key_id == bindparam("k"))
+_READ = select(_LEVEL).where(_BUCKET.c.bucket == bindparam("k"))
 
 
-def take_rate_token(conn: Connection | Session, *, key_id: int, per_second: float,
+def take_rate_token(conn: Connection | Session, *, bucket: str, per_second: float,
                     capacity: float, now: float) -> float:
-    """Take one token from key `key_id`'s bucket (refilled at `per_second` up to `capacity`;
-    `now` in seconds since the epoch): 0.0 if taken, else the seconds until one will be."""
-    params: dict[str, Any] = {"k": key_id, "per_second": per_second, "capacity": capacity,
+    """Take one token from the bucket named `bucket` (refilled at `per_second` up to
+    `capacity`; `now` in seconds since the epoch): 0.0 if taken, else the seconds until one
+    will be."""
+    params: dict[str, Any] = {"k": bucket, "per_second": per_second, "capacity": capacity,
                               "t_now": now}
     bind = conn.get_bind() if isinstance(conn, Session) else conn
     insert = pg_insert if bind.dialect.name == "postgresql" else sqlite_insert
-    first = (insert(_BUCKET).values(key_id=key_id, tokens=capacity - 1.0, at=now)
-             .on_conflict_do_nothing(index_elements=["key_id"]).returning(_BUCKET.c.key_id))
+    first = (insert(_BUCKET).values(bucket=bucket, tokens=capacity - 1.0, at=now)
+             .on_conflict_do_nothing(index_elements=["bucket"]).returning(_BUCKET.c.bucket))
     for _ in range(2):  # a second try: another process may have made the bucket meanwhile
         if conn.execute(_TAKE, params).first() is not None:
             return 0.0
-        if conn.execute(first).first() is not None:  # the key's first request
+        if conn.execute(first).first() is not None:  # the bucket's first request
             return 0.0
     level = float(conn.execute(_READ, params).scalar_one())
     return max(1e-3, (1.0 - level) / per_second)

@@ -430,15 +430,15 @@ class ApiKey(Base):
 
 
 class ApiRateBucket(Base):
-    """A key's token bucket, shared by every API process (`lookfirst serve --workers N`): one
-    `UPDATE ... RETURNING` takes a token, so a key's rate holds however many processes serve
-    it.  `at` is seconds since the epoch (plain arithmetic on every backend).  On PostgreSQL
-    the table is UNLOGGED (migration 0011): no WAL flush per request, and a crash only
-    refills every bucket."""
+    """A token bucket shared by every API process (`lookfirst serve --workers N`), named
+    `key:<id>` for an API key, `oidc:<reviewer>` for a reviewer's bearer tokens (migration
+    0015): one `UPDATE ... RETURNING` takes a token, so a rate holds however many processes
+    serve it.  `at` is seconds since the epoch (plain arithmetic on every backend).  On
+    PostgreSQL the table is UNLOGGED: no WAL flush per request, and a crash only refills
+    every bucket."""
 
     __tablename__ = "api_rate_bucket"
-    key_id: Mapped[int] = mapped_column(ForeignKey("api_key.id"), primary_key=True,
-                                        autoincrement=False)
+    bucket: Mapped[str] = mapped_column(String(128), primary_key=True)
     tokens: Mapped[float] = mapped_column(Double)
     at: Mapped[float] = mapped_column(Double)
 

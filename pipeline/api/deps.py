@@ -33,6 +33,8 @@ from pipeline.apikeys import (
     Scope,
     SharedRateLimiter,
     find_key,
+    key_bucket,
+    token_bucket,
 )
 from pipeline.auth.oidc import OidcVerifier, looks_like_jwt
 from pipeline.auth.principal import Principal
@@ -113,15 +115,20 @@ async def _key_for(request: Request, state: ApiState, raw: str) -> ApiKeyInfo:
             raise AuthInvalid()
         state.verifier.remember(raw, info)
     request.state.key_prefix = info.prefix  # for the access log: the prefix, never the key
+    await _rate_limit(state, key_bucket(info.id), info.rate_per_minute)
+    return info
+
+
+async def _rate_limit(state: ApiState, bucket: str, per_minute: int | None = None) -> None:
+    """Take a token from `bucket` (at `per_minute`, else the default rate), or 429."""
     try:
         if state.limiter.blocking:
-            await run_in_threadpool(state.limiter.check, info)
+            await run_in_threadpool(state.limiter.check, bucket, per_minute)
         else:
-            state.limiter.check(info)
+            state.limiter.check(bucket, per_minute)
     except RateLimited:
         state.metrics.shed.labels(reason="rate_limited").inc()
         raise
-    return info
 
 
 def _lookup(state: ApiState, raw: str) -> ApiKeyInfo | None:
@@ -136,10 +143,16 @@ async def current_principal(
     _h: Annotated[str | None, Depends(_header)],
 ) -> Principal:
     """Who is calling: a bearer JWT when OIDC is configured (verified against the issuer's
-    JWKS; its reviewer must be registered and active), else an API key."""
+    JWKS; its reviewer must be registered and active), else an API key.  Either takes a token
+    from its rate bucket: the key's, or the reviewer's (all of a reviewer's tokens share one,
+    at the default rate).  A token is limited once verified, so only registered reviewers
+    get buckets; refused tokens are not counted (see SECURITY.md, Known gaps)."""
     raw = _presented(request)
     if state.oidc is not None and looks_like_jwt(raw):
-        return await run_in_threadpool(_token_principal, state, state.oidc, raw)
+        who = await run_in_threadpool(_token_principal, state, state.oidc, raw)
+        assert who.reviewer is not None  # a token always names its reviewer
+        await _rate_limit(state, token_bucket(who.reviewer))
+        return who
     who = (await _key_for(request, state, raw)).principal()
     if who.allows(Scope.DELEGATE.value) and not state.settings.delegate_keys_allowed:
         # made before production mode, or written into the database by hand

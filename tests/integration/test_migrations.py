@@ -140,6 +140,7 @@ def test_0014_keeps_judged_annotations_across_upgrade_and_downgrade(db: Database
     from review.db import alembic_config
 
     cfg = alembic_config(db.engine)
+    head = current_revision(db.engine)
     command.downgrade(cfg, "0011")
     cols = {c["name"] for c in inspect(db.engine).get_columns("labelstudio_annotation")}
     assert "result_sha256" not in cols
@@ -171,7 +172,7 @@ def test_0014_keeps_judged_annotations_across_upgrade_and_downgrade(db: Database
         assert c.execute(text("SELECT annotation_id FROM labelstudio_annotation")
                          ).scalar_one() == 7
     db.upgrade()
-    assert current_revision(db.engine) == "0014"
+    assert current_revision(db.engine) == head
 
 
 def test_sha256_bank_entries_survive_0012_and_its_downgrade(db_url: str) -> None:
@@ -212,5 +213,51 @@ def test_sha256_bank_entries_survive_0012_and_its_downgrade(db_url: str) -> None
         database.upgrade()
         with database.transaction() as s:
             assert bank_lookup(s, "a" * 64, at=at) == "violating"
+    finally:
+        database.dispose()
+
+
+def test_0015_names_rate_buckets_and_keeps_the_keys_ones_both_ways(db_url: str) -> None:
+    """0015 keys api_rate_bucket by name: a key's bucket from before it becomes `key:<id>`
+    with its level (no fresh burst from the upgrade); the downgrade takes the key buckets
+    back to key ids and drops the token buckets, and up again works."""
+    import datetime as dt
+
+    from alembic import command
+    from sqlalchemy import text
+
+    from review import add_api_key, take_rate_token
+    from review.db import alembic_config
+
+    database = Database(db_url)
+    try:
+        database.upgrade_to("0014")
+        with database.transaction() as s:
+            key = add_api_key(s, name="k", prefix="abcdefgh", secret_sha256="d" * 64,
+                              scopes=["classify"], rate_per_minute=None,
+                              now=dt.datetime(2026, 12, 1, tzinfo=dt.UTC)).id
+        with database.engine.begin() as c:
+            c.execute(text("INSERT INTO api_rate_bucket (key_id, tokens, at) "
+                           "VALUES (:k, 0.25, 1000.0)"), {"k": key})
+        database.upgrade()
+        with database.engine.connect() as c:
+            rows = c.execute(text("SELECT bucket, tokens, at FROM api_rate_bucket")).all()
+        assert [tuple(r) for r in rows] == [(f"key:{key}", 0.25, 1000.0)]
+        with database.transaction() as s:
+            # the carried-over level holds: nothing to take at once, a token in 7.5 s
+            assert take_rate_token(s, bucket=f"key:{key}", per_second=0.1, capacity=1.0,
+                                   now=1000.0) == 7.5
+            assert take_rate_token(s, bucket="oidc:r1", per_second=0.1, capacity=1.0,
+                                   now=1000.0) == 0.0
+        command.downgrade(alembic_config(database.engine), "0014")
+        assert "key_id" in {c["name"] for c in inspect(database.engine)
+                            .get_columns("api_rate_bucket")}
+        with database.engine.connect() as c:
+            rows = c.execute(text("SELECT key_id, tokens, at FROM api_rate_bucket")).all()
+        assert [tuple(r) for r in rows] == [(key, 0.25, 1000.0)]
+        database.upgrade()
+        with database.engine.connect() as c:
+            assert c.execute(text("SELECT bucket FROM api_rate_bucket")).scalars().all() == [
+                f"key:{key}"]
     finally:
         database.dispose()
