@@ -1,7 +1,7 @@
 """principals: the credential behind each verdict, and API keys bound to a reviewer
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 Create Date: 2026-12-06 04:30:00
 
 - verdict.credential (String(128)): the door a verdict came through (`key:<id>`, `oidc:<hash>`,

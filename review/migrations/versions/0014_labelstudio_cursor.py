@@ -1,7 +1,7 @@
 """labelstudio_annotation: what was judged, so an edited annotation is judged again
 
 Revision ID: 0014
-Revises: 0011
+Revises: 0013
 Create Date: 2026-12-06 04:30:00
 
 Adds exactly the columns of review.schema.LabelStudioAnnotation that let the sync see an
