@@ -62,11 +62,15 @@ def serve(
         if cfg.model_threads == 0:
             # the processes are the parallelism: one model thread each, as in batch jobs
             os.environ["LOOKFIRST_MODEL_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
-        uvicorn.run(
-            "pipeline.api:app_from_env", factory=True, workers=workers, host=bind_host,
-            port=bind_port, log_level=cfg.log_level.lower(), access_log=False,
-            server_header=False, proxy_headers=False,
-        )
+        from pipeline.serving import serve_processes
+
+        # a listening socket per process (SO_REUSEPORT), not uvicorn's one shared socket: a
+        # client's connection pool is then spread over the processes (pipeline/serving.py)
+        if serve_processes(workers, host=bind_host, port=bind_port,
+                           log_level=cfg.log_level.lower()) != 0:
+            err.print("[red]a server process failed to start; see its log above[/red]",
+                      highlight=False)
+            return Exit.DEPENDENCY
         return Exit.OK
     uvicorn.run(
         create_app(cfg, runtime=rt),

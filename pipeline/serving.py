@@ -1,0 +1,134 @@
+"""`lookfirst serve --workers N`: N server processes on one port, each with its own listening
+socket (SO_REUSEPORT), so that the kernel spreads connections over them.
+
+uvicorn's own `--workers` shares ONE listening socket among its processes, and asyncio accepts
+every connection waiting in the queue each time a process wakes.  A client that opens its
+connection pool at once (the platform's upload service; 32 clients in `bench batch_bench`)
+then finds all its keep-alive connections held by one process, and the others idle: profiled
+under that load, one of two workers did 91 % of the work, and REST ran at 0.58x the batch
+engine.  With a socket per process, Linux hashes each new connection to one of the sockets
+(`SO_REUSEPORT`), so a pool's connections are shared out whatever their timing.
+
+The supervisor here is deliberately small: it starts the processes (spawned: no forked copies
+of a database pool), restarts one that dies after it served, stops every one of them when one
+fails at start-up (a bad setting, an unreachable database: restarting would fail the same way
+in a loop), and passes SIGINT/SIGTERM on as a graceful shutdown.  Linux (and the BSDs) only.
+This module imports nothing heavy: a spawned process imports it to find its target, then
+listens at once, before it loads the app; connections the kernel gives it meanwhile wait in
+its queue.  (Under `pipeline.api`, whose imports take seconds, one process listened long
+after the other answered, and a pool opened in that window went to one process.)
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import signal
+import socket
+import threading
+import time
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+from pipeline.errors import ConfigurationError
+
+__all__ = ["APP", "STARTUP_GRACE_S", "reuseport_socket", "serve_processes"]
+
+log = logging.getLogger(__name__)
+
+#: a process that ends sooner than this after it started is taken to have failed at start-up
+STARTUP_GRACE_S = 20.0
+_BACKLOG = 2048
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port) with SO_REUSEPORT (and SO_REUSEADDR) set."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+#: the app each process serves: built from the LOOKFIRST_* settings
+APP = "pipeline.api:app_from_env"
+
+
+def _serve_one(host: str, port: int, log_level: str, app: str) -> None:
+    """One server process: its own listening socket on the shared port, then the app (a
+    factory's import path)."""
+    import uvicorn
+
+    sock = reuseport_socket(host, port)
+    sock.listen(_BACKLOG)
+    config = uvicorn.Config(app, factory=True, host=host, port=port,
+                            log_level=log_level, access_log=False, server_header=False,
+                            proxy_headers=False, backlog=_BACKLOG)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+class _Worker:
+    def __init__(self, ctx: mp.context.SpawnContext, args: tuple[str, int, str, str]) -> None:
+        self.process: BaseProcess = ctx.Process(target=_serve_one, args=args, daemon=False)
+        self.process.start()
+        self.started = time.monotonic()
+
+
+def serve_processes(workers: int, *, host: str, port: int, log_level: str, app: str = APP,
+                    startup_grace_s: float = STARTUP_GRACE_S) -> int:
+    """Run `workers` server processes on (host, port) until SIGINT or SIGTERM; 0 when they
+    were stopped that way, 1 when one failed at start-up (its own log says why).  A process
+    that ends within `startup_grace_s` of its start failed at start-up; a later one died,
+    and another takes its place."""
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    # bound (not listening) for the whole run: the port stays ours between restarts, and no
+    # other program's socket without SO_REUSEPORT can take it
+    try:
+        holder = reuseport_socket(host, port)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} (another program holds the "
+            f"port? choose another with --port or LOOKFIRST_PORT)") from None
+    ctx = mp.get_context("spawn")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    args = (host, port, log_level, app)
+    running: list[_Worker] = []
+    code = 0
+    try:
+        running = [_Worker(ctx, args) for _ in range(workers)]
+        while not stop.wait(0.5):
+            for i, worker in enumerate(running):
+                if worker.process.is_alive():
+                    continue
+                age = time.monotonic() - worker.started
+                if age < startup_grace_s:
+                    log.error("server process %s ended %.1f s after it started (exit code %s): "
+                              "stopping the others", worker.process.pid, age,
+                              worker.process.exitcode)
+                    code = 1
+                    stop.set()
+                    break
+                log.warning("server process %s died (exit code %s); starting another",
+                            worker.process.pid, worker.process.exitcode)
+                running[i] = _Worker(ctx, args)
+    finally:
+        for worker in running:  # uvicorn shuts down gracefully on SIGTERM
+            if worker.process.is_alive():
+                worker.process.terminate()
+        deadline = time.monotonic() + 30
+        for worker in running:
+            worker.process.join(max(0.1, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        holder.close()
+    return code

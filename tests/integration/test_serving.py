@@ -1,0 +1,108 @@
+"""The supervisor of `lookfirst serve --workers N` (pipeline.serving), with real processes and
+real sockets: a listening socket per process, a process that dies after it served is replaced,
+one that fails at start-up stops them all (exit 1), SIGTERM stops them gracefully (exit 0)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def supervise(port: int, app: str, grace_s: float, *, output: bool = False
+              ) -> subprocess.Popen[str]:
+    code = ("import sys\n"
+            "from pipeline.serving import serve_processes\n"
+            f"sys.exit(serve_processes(2, host='127.0.0.1', port={port}, log_level='warning', "
+            f"app={app!r}, startup_grace_s={grace_s}))\n")
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE if output else subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def listening(port: int) -> int:
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for line in lines
+               if line.split()[3] == "0A" and int(line.split()[1].split(":")[1], 16) == port)
+
+
+def pids_serving(port: int, tries: int = 64, *, resets_ok: bool = False) -> set[int]:
+    """The process ids that answer /pid over `tries` fresh connections.  `resets_ok`: while a
+    killed process goes, a connection the kernel had queued on its socket is reset (the
+    price of a socket per process; docs/batch.md), and is not counted."""
+    seen = set()
+    for _ in range(tries):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+                conn.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                reply = b""
+                while chunk := conn.recv(4096):
+                    reply += chunk
+        except ConnectionResetError:
+            if not resets_ok:
+                raise
+            continue
+        seen.add(int(reply.split(b"\r\n\r\n", 1)[1]))
+    return seen
+
+
+def wait_for(condition: object, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_a_dead_process_is_replaced_and_sigterm_stops_all() -> None:
+    port = free_port()
+    proc = supervise(port, "tests.integration.serving_apps:pid_app", grace_s=1.0)
+    try:
+        wait_for(lambda: listening(port) == 2)
+        first = pids_serving(port)
+        assert len(first) == 2  # both processes take connections
+        victim = min(first)
+        time.sleep(1.2)  # past the start-up grace: a death now is a crash, not a bad start
+        os.kill(victim, signal.SIGKILL)
+        # its replacement answers (a dying process's socket lingers in /proc for a moment)
+        wait_for(lambda: len(pids_serving(port, 16, resets_ok=True) - first) == 1)
+        second = pids_serving(port)
+        assert len(second) == 2 and victim not in second and (first - {victim}) < second
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert listening(port) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_process_that_cannot_start_stops_them_all() -> None:
+    port = free_port()
+    proc = supervise(port, "tests.integration.serving_apps:broken_app", grace_s=60.0,
+                     output=True)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, out
+    assert "this app cannot start" in out and "stopping the others" in out
+    assert listening(port) == 0
