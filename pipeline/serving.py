@@ -12,7 +12,8 @@ engine.  With a socket per process, Linux hashes each new connection to one of t
 The supervisor here is deliberately small: it starts the processes (spawned: no forked copies
 of a database pool), restarts one that dies after it served, stops every one of them when one
 fails at start-up (a bad setting, an unreachable database: restarting would fail the same way
-in a loop), and passes SIGINT/SIGTERM on as a graceful shutdown.  Linux (and the BSDs) only.
+in a loop), and passes SIGINT/SIGTERM on as a graceful shutdown; if it is killed outright,
+the kernel stops its processes (PR_SET_PDEATHSIG).  Linux (and the BSDs) only.
 This module imports nothing heavy: a spawned process imports it to find its target, then
 listens at once, before it loads the app; connections the kernel gives it meanwhile wait in
 its queue.  (Under `pipeline.api`, whose imports take seconds, one process listened long
@@ -21,10 +22,13 @@ after the other answered, and a pool opened in that window went to one process.)
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing as mp
+import os
 import signal
 import socket
+import sys
 import threading
 import time
 from multiprocessing.process import BaseProcess
@@ -39,6 +43,7 @@ log = logging.getLogger(__name__)
 #: a process that ends sooner than this after it started is taken to have failed at start-up
 STARTUP_GRACE_S = 20.0
 _BACKLOG = 2048
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
@@ -55,9 +60,20 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
 APP = "pipeline.api:app_from_env"
 
 
-def _serve_one(host: str, port: int, log_level: str, app: str) -> None:
+def _die_with(parent: int) -> None:
+    """Have the kernel stop this process (SIGTERM) when the supervisor dies, however it dies
+    (a SIGKILL runs no handler: its processes would go on holding the port)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the line above
+        raise SystemExit(0)
+
+
+def _serve_one(host: str, port: int, log_level: str, app: str, parent: int) -> None:
     """One server process: its own listening socket on the shared port, then the app (a
     factory's import path)."""
+    _die_with(parent)
     import uvicorn
 
     sock = reuseport_socket(host, port)
@@ -69,7 +85,8 @@ def _serve_one(host: str, port: int, log_level: str, app: str) -> None:
 
 
 class _Worker:
-    def __init__(self, ctx: mp.context.SpawnContext, args: tuple[str, int, str, str]) -> None:
+    def __init__(self, ctx: mp.context.SpawnContext, args: tuple[str, int, str, str, int]
+                 ) -> None:
         self.process: BaseProcess = ctx.Process(target=_serve_one, args=args, daemon=False)
         self.process.start()
         self.started = time.monotonic()
@@ -98,7 +115,7 @@ def serve_processes(workers: int, *, host: str, port: int, log_level: str, app: 
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    args = (host, port, log_level, app)
+    args = (host, port, log_level, app, os.getpid())
     running: list[_Worker] = []
     code = 0
     try:

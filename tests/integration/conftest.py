@@ -1,5 +1,6 @@
 """Fixtures for the integration tests: a review service on the fake clock with reviewers
-seeded, and a live API server per module (its `api_server` marker says how it runs)."""
+seeded, a live API server per module (its `api_server` marker says how it runs), and a local
+OpenID Connect issuer with one RSA key per module (`idp`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from review.db import Database
 from review.service import ReviewService
 from tests.integration.api_conftest_helpers import ApiServer, running
+from tests.oidc_issuer import LocalIssuer
 from tests.review_support import FakeClock, make_config, seed_reviewers
 
 
@@ -50,3 +52,14 @@ def client(request: pytest.FixtureRequest, api: ApiServer) -> Iterator[httpx.Cli
     scopes = _api_server(request).get("client_scopes", ("classify",))
     with api.client(api.key(*scopes)) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[LocalIssuer]:
+    issuer = LocalIssuer()
+    issuer.add_key("rsa", kid="rsa-1")
+    issuer.start()
+    try:
+        yield issuer
+    finally:
+        issuer.stop()

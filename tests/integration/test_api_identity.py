@@ -32,17 +32,6 @@ VIOLATING = ["nudity.explicit"]
 
 
 @pytest.fixture(scope="module")
-def idp() -> Iterator[LocalIssuer]:
-    issuer = LocalIssuer()
-    issuer.add_key("rsa", kid="rsa-1")
-    issuer.start()
-    try:
-        yield issuer
-    finally:
-        issuer.stop()
-
-
-@pytest.fixture(scope="module")
 def api(idp: LocalIssuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     env = {
         "LOOKFIRST_API_RATE_PER_MINUTE": "10000000", "LOOKFIRST_API_KEY_CACHE_S": "0",

@@ -25,17 +25,6 @@ RATE_PER_MINUTE = 6
 BUDGET = 3
 
 
-@pytest.fixture(scope="module")
-def idp() -> Iterator[LocalIssuer]:
-    issuer = LocalIssuer()
-    issuer.add_key("rsa", kid="rsa-1")
-    issuer.start()
-    try:
-        yield issuer
-    finally:
-        issuer.stop()
-
-
 @pytest.fixture(scope="module", params=["memory", "database"])
 def api(request: pytest.FixtureRequest, idp: LocalIssuer,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:

@@ -93,6 +93,22 @@ def test_a_dead_process_is_replaced_and_sigterm_stops_all() -> None:
             proc.wait()
 
 
+def test_the_processes_go_when_the_supervisor_is_killed() -> None:
+    port = free_port()
+    proc = supervise(port, "tests.integration.serving_apps:pid_app", grace_s=1.0)
+    try:
+        wait_for(lambda: listening(port) == 2)
+        served = pids_serving(port, 16)
+        proc.kill()  # no handler runs: the kernel tells the processes
+        proc.wait()
+        wait_for(lambda: listening(port) == 0, timeout=30)
+        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in served), timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_a_process_that_cannot_start_stops_them_all() -> None:
     port = free_port()
     proc = supervise(port, "tests.integration.serving_apps:broken_app", grace_s=60.0,
