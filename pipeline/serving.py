@@ -4,10 +4,13 @@ socket (SO_REUSEPORT), so that the kernel spreads connections over them.
 uvicorn's own `--workers` shares ONE listening socket among its processes, and asyncio accepts
 every connection waiting in the queue each time a process wakes.  A client that opens its
 connection pool at once (the platform's upload service; 32 clients in `bench batch_bench`)
-then finds all its keep-alive connections held by one process, and the others idle: profiled
-under that load, one of two workers did 91 % of the work, and REST ran at 0.58x the batch
-engine.  With a socket per process, Linux hashes each new connection to one of the sockets
-(`SO_REUSEPORT`), so a pool's connections are shared out whatever their timing.
+then may find all its keep-alive connections held by one process, and the others idle (a
+profile under that load: one of two workers did 91 % of the work; 32 connections opened at
+once all went to one process in 1 of 2 runs).  With a socket per process, Linux hashes each
+new connection to one of the sockets (`SO_REUSEPORT`), so a pool's connections are shared out
+whatever their timing.  On the 2-core development machine the REST benchmark did not move
+(the CPU is saturated either way; docs/batch.md); the gain is where there are cores to spread
+over.
 
 The supervisor here is deliberately small: it starts the processes (spawned: no forked copies
 of a database pool), restarts one that dies after it served, stops every one of them when one

@@ -4,12 +4,14 @@ one that fails at start-up stops them all (exit 1), SIGTERM stops them gracefull
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,16 +21,25 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def supervise(port: int, app: str, grace_s: float, *, output: bool = False
-              ) -> subprocess.Popen[str]:
+@contextlib.contextmanager
+def supervised(port: int, app: str, grace_s: float, *, output: bool = False
+               ) -> Iterator[subprocess.Popen[str]]:
+    """`serve_processes` with two processes in a child interpreter; killed at the end if the
+    test left it running (its processes go with it: PR_SET_PDEATHSIG)."""
     code = ("import sys\n"
             "from pipeline.serving import serve_processes\n"
             f"sys.exit(serve_processes(2, host='127.0.0.1', port={port}, log_level='warning', "
             f"app={app!r}, startup_grace_s={grace_s}))\n")
-    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, text=True,
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.PIPE if output else subprocess.DEVNULL,
                             stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def free_port() -> int:
@@ -63,17 +74,16 @@ def pids_serving(port: int, tries: int = 64, *, resets_ok: bool = False) -> set[
     return seen
 
 
-def wait_for(condition: object, timeout: float = 60) -> None:
+def wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
 
 
 def test_a_dead_process_is_replaced_and_sigterm_stops_all() -> None:
     port = free_port()
-    proc = supervise(port, "tests.integration.serving_apps:pid_app", grace_s=1.0)
-    try:
+    with supervised(port, "tests.integration.serving_apps:pid_app", grace_s=1.0) as proc:
         wait_for(lambda: listening(port) == 2)
         first = pids_serving(port)
         assert len(first) == 2  # both processes take connections
@@ -87,38 +97,24 @@ def test_a_dead_process_is_replaced_and_sigterm_stops_all() -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         assert listening(port) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_the_processes_go_when_the_supervisor_is_killed() -> None:
     port = free_port()
-    proc = supervise(port, "tests.integration.serving_apps:pid_app", grace_s=1.0)
-    try:
+    with supervised(port, "tests.integration.serving_apps:pid_app", grace_s=1.0) as proc:
         wait_for(lambda: listening(port) == 2)
         served = pids_serving(port, 16)
         proc.kill()  # no handler runs: the kernel tells the processes
         proc.wait()
         wait_for(lambda: listening(port) == 0, timeout=30)
         wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in served), timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_a_process_that_cannot_start_stops_them_all() -> None:
     port = free_port()
-    proc = supervise(port, "tests.integration.serving_apps:broken_app", grace_s=60.0,
-                     output=True)
-    try:
+    with supervised(port, "tests.integration.serving_apps:broken_app", grace_s=60.0,
+                    output=True) as proc:
         out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 1, out
     assert "this app cannot start" in out and "stopping the others" in out
     assert listening(port) == 0
