@@ -1,4 +1,5 @@
-"""Micro-batching for the API: concurrent classify requests share model calls.
+"""Micro-batching for the API: concurrent classify requests share model calls and
+transactions.
 
 Each request is decoded on a thread pool as soon as its body has arrived (Pillow releases the
 GIL), so decoding overlaps the model working on earlier requests.  Decoded images wait in one
@@ -6,6 +7,12 @@ queue; the model thread takes up to `max_batch` of them at a time.  It waits up 
 for company only while other admitted requests are still decoding, so a lone request at low
 load is never held back.  Admission is bounded: past `queue_limit` requests in flight, new ones
 are shed with `Overloaded` (503 + Retry-After) instead of queueing without limit.
+
+Requests leaving the model are gathered the same way into their recording: one thread takes
+every request that is waiting and records them all in one transaction
+(`Orchestrator.decide_many`: bank lookups, policy, one durable write of the blobs, then the
+decisions with their audit events and outbox messages).  Under load that is one transaction per
+model batch instead of three per request; a lone request is recorded at once.
 
 The steps before and after the model (lookup of a stored decision, policy, blob store, review
 record) are the Orchestrator's, and its policy step is `pipeline.routing.route`, which batch
@@ -24,6 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -33,12 +41,16 @@ from pipeline.ingest import IngestedImage, declared_size, ingest_bytes, sniff, w
 from pipeline.metrics import ApiMetrics
 from pipeline.policy import Context
 from pipeline.runtime import Runtime
-from pipeline.scoring import Orchestrator, Scored, UploadRequest
+from pipeline.scoring import Orchestrator, Scored, ToDecide, UploadRequest
 from review import Recorded
 
 __all__ = ["ClassifyInput", "ClassifyService", "MicroBatcher", "Overloaded"]
 
 log = logging.getLogger(__name__)
+
+
+#: most uploads recorded in one transaction (a model batch or two under load)
+RECORD_BATCH = 64
 
 
 class Overloaded(PipelineError):
@@ -52,25 +64,31 @@ class Overloaded(PipelineError):
         super().__init__(detail)
 
 
+T = TypeVar("T")
+R = TypeVar("R")
+
+
 @dataclass(slots=True)
-class _Job:
-    pixels: RGBImage
-    future: asyncio.Future[ScoreResult]
+class _Job(Generic[T, R]):
+    item: T
+    future: asyncio.Future[R]
     queued_at: float
 
 
-class MicroBatcher:
-    """Coalesces images from concurrent coroutines into calls of `score` on one model thread."""
+class MicroBatcher(Generic[T, R]):
+    """Coalesces items from concurrent coroutines into calls of `score` on one thread of its
+    own: images into model calls, scored uploads into recording transactions."""
 
     def __init__(
         self,
-        score: Callable[[Sequence[RGBImage]], list[ScoreResult]],
+        score: Callable[[Sequence[T]], list[R]],
         *,
         max_batch: int,
         max_wait_s: float,
         max_queue: int,
         arriving: Callable[[], int] = lambda: 0,
         metrics: ApiMetrics | None = None,
+        thread_name: str = "model",
     ) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError("max_batch and max_queue must be >= 1, max_wait_s >= 0")
@@ -81,10 +99,10 @@ class MicroBatcher:
         #: how many requests will reach the queue soon (still decoding): worth waiting for
         self._arriving = arriving
         self._metrics = metrics
-        self._pending: deque[_Job] = deque()
+        self._pending: deque[_Job[T, R]] = deque()
         self._wakeup: asyncio.Event | None = None
         self._runner: asyncio.Task[None] | None = None
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
         self.batches = 0
 
     @property
@@ -108,14 +126,14 @@ class MicroBatcher:
                 job.future.set_exception(Overloaded(detail="the server is shutting down"))
         self.executor.shutdown(wait=True, cancel_futures=True)
 
-    def submit(self, pixels: RGBImage) -> asyncio.Future[ScoreResult]:
-        """Queue one decoded image; the future resolves to its scores."""
+    def submit(self, item: T) -> asyncio.Future[R]:
+        """Queue one item (a decoded image); the future resolves to its result (its scores)."""
         if self._wakeup is None:
             raise RuntimeError("MicroBatcher.start() was not called")
         if len(self._pending) >= self.max_queue:
             raise Overloaded(self._retry_after())
-        fut: asyncio.Future[ScoreResult] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Job(pixels, fut, time.perf_counter()))
+        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Job(item, fut, time.perf_counter()))
         self._set_depth()
         self._wakeup.set()
         return fut
@@ -154,7 +172,7 @@ class MicroBatcher:
             started = time.perf_counter()
             try:
                 results = await loop.run_in_executor(
-                    self.executor, self._score, [j.pixels for j in batch]
+                    self.executor, self._score, [j.item for j in batch]
                 )
             except Exception as exc:  # the model failed: every request of the batch hears it
                 for j in batch:
@@ -235,7 +253,7 @@ class ClassifyService:
         # exist at any time are bounded: the budget, plus one image per decode slot.
         self._decode_slots = asyncio.Semaphore(workers)
         self._budget = _Budget(decoded_budget_bytes)
-        self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="record")
+        self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lookup")
         self.batcher = MicroBatcher(
             self._score_batch,
             max_batch=max_batch,
@@ -243,6 +261,15 @@ class ClassifyService:
             max_queue=queue_limit,
             arriving=lambda: self._decoding,
             metrics=metrics,
+        )
+        # Everything that left the model and waits for its record goes in the next
+        # transaction: no waiting for company (max_wait 0), bounded by admission already.
+        self.recorder: MicroBatcher[ToDecide, BaseException | None] = MicroBatcher(
+            self.orch.decide_many,
+            max_batch=RECORD_BATCH,
+            max_wait_s=0,
+            max_queue=max(queue_limit, 1),
+            thread_name="record",
         )
         self._inflight = 0
         self._decoding = 0
@@ -252,6 +279,7 @@ class ClassifyService:
     # ---- lifecycle --------------------------------------------------------------------------
     async def start(self, *, preload_model: bool) -> None:
         self.batcher.start()
+        self.recorder.start()
         if preload_model:
             asyncio.get_running_loop().create_task(self._preload(), name="model-preload")
 
@@ -280,6 +308,7 @@ class ClassifyService:
         for task in list(self._work.values()):
             task.cancel()
         await self.batcher.stop()
+        await self.recorder.stop()  # waits for a transaction under way to end
         self.orch.close()
         self._io.shutdown(wait=True)
 
@@ -366,10 +395,11 @@ class ClassifyService:
             result = await self.batcher.submit(image.pixels)
             scored = Scored(request=req, sha256=image.sha256)
             started = time.perf_counter()
-            await loop.run_in_executor(self._io, _decide, self.orch, scored, image, inp.data,
-                                       result)
+            error = await self.recorder.submit(ToDecide(scored, image, inp.data, result))
             if self.metrics is not None:
                 self.metrics.record_seconds.observe(time.perf_counter() - started)
+            if error is not None:  # this upload's own: a context conflict, refused scores
+                raise error
         finally:
             await self._budget.release(held)
         recorded = scored.recorded
@@ -412,14 +442,8 @@ def _decode_peak_bytes(data: bytes) -> int:
 
 
 # ---- the Orchestrator's steps ----------------------------------------------------------------
-# `lookfirst score` runs these inside Orchestrator.score; the API needs them one request at a
-# time around the shared model queue.  They are the Orchestrator's own methods, so that banks,
-# policy, blob store and review record stay one implementation.
-def _decide(
-    orch: Orchestrator, scored: Scored, image: IngestedImage, data: bytes, result: ScoreResult
-) -> None:
-    orch.decide(scored, image, data, result, orch.bank_match(scored.request, image))
-
-
+# `lookfirst score` runs these inside Orchestrator.score; the API needs them around the shared
+# model and record queues.  They are the Orchestrator's own methods, so that banks, policy,
+# blob store and review record stay one implementation.
 def _fill_from_store(orch: Orchestrator, s: Session, scored: Scored, found: Recorded) -> None:
     orch.fill_from_store(s, scored, found)

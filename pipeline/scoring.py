@@ -1,9 +1,10 @@
 """The scoring orchestrator: bytes in, decisions out, for `lookfirst score` and the API.
 
-ingest (decode on a thread pool) -> content-addressed blob -> model -> policy
-(`pipeline.routing.route`) -> one transaction per upload in the review store.  An upload
-already scored is never scored again: its stored decision is returned (invariant 4: exactly
-once, one outcome).  Batch jobs (`pipeline.batch`) share `route` and the review store's
+ingest (decode on a thread pool) -> model -> content-addressed blobs -> hash banks and policy
+(`pipeline.routing.route`) -> one transaction per batch of uploads in the review store
+(`decide_many`; the API's requests are gathered into such batches as they leave the model).
+An upload already scored is never scored again: its stored decision is returned (invariant 4:
+exactly once, one outcome).  Batch jobs (`pipeline.batch`) share `route` and the review store's
 batch intake instead of this class.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from models.base import ScoreResult
-from pipeline.banks import BankHit, Query
+from pipeline.banks import Query
 from pipeline.errors import (
     ImageTooLarge,
     InputNotFound,
@@ -34,11 +35,15 @@ from review import (
     DecisionRecord,
     NewUpload,
     Recorded,
+    Routing,
     get_decision,
     get_decisions,
 )
 
 log = logging.getLogger(__name__)
+
+#: tries at recording a batch that raced another writer (each retry finds the winner's rows)
+_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,7 @@ def _prepare(rt: Runtime, req: UploadRequest) -> tuple[IngestedImage, bytes] | P
 
 class Orchestrator:
     """Scores uploads a batch at a time: decoding on a thread pool (Pillow releases the GIL),
-    one model call per batch, one transaction per recorded decision."""
+    one model call per batch, one transaction per batch of recorded decisions."""
 
     def __init__(self, rt: Runtime, *, decode_workers: int = 2) -> None:
         self.rt = rt
@@ -212,78 +217,110 @@ class Orchestrator:
             scored.sha256 = image.sha256
             to_score.append((scored, image, data))
         if to_score:
-            with rt.db.transaction() as s:
-                matches = rt.banks.match_many(
-                    s, [bank_query(sc.request, img) for sc, img, _ in to_score],
-                    at=rt.review.clock())
-            model_results = rt.scorer.score([img.pixels for _, img, _ in to_score])
-            for (scored, image, data), result, bank in zip(to_score, model_results, matches,
-                                                           strict=True):
-                try:
-                    self.decide(scored, image, data, result, bank)
-                except UploadContextConflict as exc:  # a concurrent request recorded it first
-                    scored.error = exc
+            model_results = rt.scorer.score([image.pixels for _, image, _ in to_score])
+            items = [ToDecide(scored, image, data, result) for (scored, image, data), result
+                     in zip(to_score, model_results, strict=True)]
+            for item, error in zip(items, self.decide_many(items), strict=True):
+                if isinstance(error, UploadContextConflict):  # a concurrent request won
+                    item.scored.error = error
+                elif error is not None:
+                    raise error
         return results
-
-    def bank_match(self, request: UploadRequest, image: IngestedImage) -> BankHit | None:
-        """The bank entry that routes this upload, if any (one request at a time: the API)."""
-        with self.rt.db.transaction() as s:
-            return self.rt.banks.match(s, bank_query(request, image), at=self.rt.review.clock())
 
     def fill_from_store(self, s: Any, scored: Scored, found: Recorded) -> None:
         d = get_decision(s, decision_id=found.decision_id)
         assert d is not None
         scored.fill_from_store(found, d)
 
-    def decide(
-        self,
-        scored: Scored,
-        image: IngestedImage,
-        data: bytes,
-        result: ScoreResult,
-        bank_match: BankHit | None = None,
-    ) -> None:
+    def decide_many(self, items: Sequence[ToDecide]) -> list[BaseException | None]:
+        """Bank lookups, policy and the record of a batch of scored uploads, in ONE
+        transaction (`record_many`: every decision with its audit events, outbox message and
+        review item; a crash leaves all of the batch or none), after one durable write of
+        their blobs (a decision never points at a missing blob).
+
+        Returns, per item, None when its `scored` was filled (a new decision, or the stored
+        one when another request or process recorded the upload first), or the error that
+        belongs to that upload alone: the policy refusing its scores, or
+        `UploadContextConflict`.  A failure of the database raises for the whole batch."""
+        if not items:
+            return []
         rt = self.rt
-        req = scored.request
-        routing = route(rt.policy, result, context=req.context, sha256=image.sha256,
-                        bank_hit=bank_match)
-        rt.blobs.put(data)  # before the record: a decision never points at a missing blob
-        upload = NewUpload(
-            account_id=req.account_id,
-            external_id=req.external_id,
-            source=req.source,
-            context=req.context.model_dump(),
-            sha256=image.sha256,
-            mime=image.mime,
-            width=image.width,
-            height=image.height,
-            size_bytes=image.size_bytes,
-            pdq=image.pdq.original.hex if image.pdq is not None else None,
-            pdq_quality=image.pdq.quality if image.pdq is not None else None,
-        )
-        recorded = None
-        for attempt in range(3):
+        rt.blobs.put_many([it.data for it in items])
+        for attempt in range(_ATTEMPTS):
             try:
-                with rt.db.transaction() as s:
-                    recorded = rt.review.record(s, upload, routing)
-                break
+                return self._record(items)
             except IntegrityError:
-                # a concurrent request recorded the same upload (or content) first; the retry
-                # finds it and returns the stored decision instead of a second one
-                if attempt == 2:
+                # another process recorded one of these uploads (or contents) first: the
+                # retry finds it and answers with its decision instead of a second one
+                if attempt == _ATTEMPTS - 1:
                     raise
-        assert recorded is not None
-        if not recorded.created:
-            with rt.db.transaction() as s:
-                self.fill_from_store(s, scored, recorded)
-            return
-        scored.recorded = recorded
-        scored.scores = dict(routing.scores)
-        scored.model_version = routing.model_version
-        scored.policy_version = routing.policy_version
-        scored.reasons = dict(routing.reasons)
-        log.info(
-            "scored",
-            extra={"decision_id": recorded.decision_id, "outcome": recorded.outcome,
-                   "model_version": result.model_version},
-        )
+                log.info("recording raced another writer; retrying",
+                         extra={"uploads": len(items)})
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _record(self, items: Sequence[ToDecide]) -> list[BaseException | None]:
+        rt = self.rt
+        errors: list[BaseException | None] = [None] * len(items)
+        with rt.db.transaction() as s:
+            hits = rt.banks.match_many(
+                s, [bank_query(it.scored.request, it.image) for it in items],
+                at=rt.review.clock())
+            entries: list[tuple[int, NewUpload, Routing]] = []
+            for i, (it, hit) in enumerate(zip(items, hits, strict=True)):
+                req = it.scored.request
+                try:
+                    routing = route(rt.policy, it.result, context=req.context,
+                                    sha256=it.image.sha256, bank_hit=hit)
+                except (PipelineError, ValueError) as exc:
+                    errors[i] = exc
+                    continue
+                entries.append((i, _new_upload(req, it.image), routing))
+            recorded = rt.review.record_many(s, [(u, r) for _, u, r in entries])
+            again = [rec.decision_id for rec in recorded if not rec.created]
+            stored = get_decisions(s, decision_ids=again) if again else {}
+        for (i, _, routing), rec in zip(entries, recorded, strict=True):
+            scored = items[i].scored
+            if not rec.created:
+                try:
+                    scored.fill_from_store(rec, stored[rec.decision_id])
+                except UploadContextConflict as exc:
+                    errors[i] = exc
+                continue
+            scored.recorded = rec
+            scored.scores = dict(routing.scores)
+            scored.model_version = routing.model_version
+            scored.policy_version = routing.policy_version
+            scored.reasons = dict(routing.reasons)
+            log.info(
+                "scored",
+                extra={"decision_id": rec.decision_id, "outcome": rec.outcome,
+                       "model_version": routing.model_version},
+            )
+        return errors
+
+
+@dataclass(frozen=True, slots=True)
+class ToDecide:
+    """A scored upload on its way to a decision: its request's `Scored`, the ingested image,
+    the bytes (for the blob store) and the model's result."""
+
+    scored: Scored
+    image: IngestedImage
+    data: bytes
+    result: ScoreResult
+
+
+def _new_upload(req: UploadRequest, image: IngestedImage) -> NewUpload:
+    return NewUpload(
+        account_id=req.account_id,
+        external_id=req.external_id,
+        source=req.source,
+        context=req.context.model_dump(),
+        sha256=image.sha256,
+        mime=image.mime,
+        width=image.width,
+        height=image.height,
+        size_bytes=image.size_bytes,
+        pdq=image.pdq.original.hex if image.pdq is not None else None,
+        pdq_quality=image.pdq.quality if image.pdq is not None else None,
+    )

@@ -10,6 +10,7 @@ the test knows it is talking to both processes, not to whichever the kernel pick
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.apikeys import create_key
@@ -235,3 +237,59 @@ def test_a_port_another_program_holds_is_a_clear_error(pg_url: str, tmp_path: Pa
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
     assert "config.invalid" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.model
+def test_both_workers_racing_on_the_same_uploads_record_each_once(workers: Workers) -> None:
+    """Every upload sent to both server processes at once, four requests at a time each (so
+    each process records them in batches): one decision per upload, both answers name it, one
+    of the two answers is the one that decided it, and the audit chain verifies.  The loser of
+    a race ends in the unique constraints, and its batch is retried whole and answered with
+    the winner's decisions."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import func, select
+
+    from models.calibration import as_jpeg
+    from review import audit
+    from review.schema import Decision, Upload
+    from tests.hostile import quadrants
+
+    _, raw = workers.key("racer", 100_000)
+    # 24 uploads; two of them share a picture (the content row races too)
+    pictures = [as_jpeg(np.roll(quadrants(160, 120), 7 * i, axis=1), quality=90)
+                for i in range(23)]
+    bodies = [*pictures, pictures[0]]
+    by_worker: dict[int, list[http.client.HTTPConnection]] = {}
+    for _ in range(120):
+        conn, pid = workers.connect()
+        if len(by_worker.setdefault(pid, [])) < 4:
+            by_worker[pid].append(conn)
+        if len(by_worker) == 2 and all(len(c) == 4 for c in by_worker.values()):
+            break
+    assert len(by_worker) == 2, "the connections all went to one worker"
+
+    def send(conn: http.client.HTTPConnection, lane: int) -> list[tuple[int, dict[str, object]]]:
+        out = []
+        for i in range(lane, len(bodies), 4):
+            conn.request("POST", f"/v1/classify?account_id=race&upload_id=u{i}",
+                         body=bodies[i], headers={"Authorization": f"Bearer {raw}",
+                                                  "Content-Type": "image/jpeg"})
+            reply = conn.getresponse()
+            out.append((i, {"status": reply.status, **json.loads(reply.read())}))
+        return out
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        lanes = [pool.submit(send, conn, lane) for conns in by_worker.values()
+                 for lane, conn in enumerate(conns)]
+        answers = [a for f in lanes for a in f.result()]
+    assert len(answers) == 2 * len(bodies)
+    assert all(a["status"] == 200 for _, a in answers), answers
+    for i in range(len(bodies)):
+        pair = [a for j, a in answers if j == i]
+        assert pair[0]["decision_id"] == pair[1]["decision_id"]
+        assert sorted(a["already_scored"] for a in pair) == [False, True]
+    with workers.db.transaction() as s:
+        assert s.execute(select(func.count()).select_from(Upload)).scalar_one() == len(bodies)
+        assert s.execute(select(func.count()).select_from(Decision)).scalar_one() == len(bodies)
+        assert audit.verify(s).ok
