@@ -3,6 +3,11 @@ and the database itself holds the invariants' constraints."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -14,6 +19,7 @@ from review.schema import Base
 # the database fixtures start empty here: these tests are about building the schema, so they
 # must not get a copy of the session's template
 pytestmark = pytest.mark.migrations
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_migrations_match_the_declared_schema(db: Database) -> None:
@@ -27,6 +33,35 @@ def test_upgrade_is_idempotent_and_at_head(db: Database) -> None:
     head = current_revision(db.engine)
     db.upgrade()
     assert current_revision(db.engine) == head is not None
+
+
+def test_the_head_read_from_the_files_is_alembics() -> None:
+    """`upgrade` skips alembic on a current database by reading the head off the migration
+    files: that reading must agree with alembic's own."""
+    from alembic.script import ScriptDirectory
+
+    from review.db import MIGRATIONS, alembic_config, head_revision
+
+    assert MIGRATIONS.is_dir()
+    expected = ScriptDirectory.from_config(alembic_config(None)).get_current_head()  # type: ignore[arg-type]
+    assert head_revision() == expected is not None
+
+
+def test_a_current_database_is_upgraded_without_loading_alembic(
+    db: Database, tmp_path: Path
+) -> None:
+    """A command's start (every batch job, every server) finds the schema current without
+    importing alembic; a database behind the head is still migrated (the other tests)."""
+    probe = (
+        "import sys\n"
+        "from review.db import Database\n"
+        f"db = Database({db.url!r})\n"
+        "db.upgrade()\n"
+        "print('alembic' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_invariant_constraints_exist_in_the_database(db: Database) -> None:
