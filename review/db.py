@@ -142,7 +142,8 @@ def head_revision() -> str | None:
     revisions: set[str] = set()
     downs: set[str] = set()
     for path in sorted((MIGRATIONS / "versions").glob("*.py")):
-        found = dict(m.groups() for m in _REVISION.finditer(path.read_text(encoding="utf-8")))
+        found: dict[str, str] = {m.group(1): m.group(2) for m in
+                                 _REVISION.finditer(path.read_text(encoding="utf-8"))}
         rev, down = found.get("revision"), found.get("down_revision")
         if rev is None or down is None:
             return None
