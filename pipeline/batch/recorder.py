@@ -140,7 +140,7 @@ class BatchRecorder:
             return results
         with rt.db.transaction() as s:
             matches = rt.banks.match_many(
-                s, [Query(sha256=p.sha256 or "", account_id=_request(row).account_id,
+                s, [Query(sha256=p.sha256 or "", account_id=row.account_id,
                           pdq=p.pdq) for row, p in scoring], at=rt.review.clock())
             entries: list[tuple[SourceRow, Scored, NewUpload, Routing]] = []
             for (row, p), hit in zip(scoring, matches, strict=True):
