@@ -14,14 +14,12 @@ import io
 import logging
 import os
 import struct
-import zlib
 from dataclasses import dataclass, field, replace
 from typing import Final, NoReturn
 
 import numpy as np
 import numpy.typing as npt
 from PIL import (
-    ExifTags,
     GifImagePlugin,
     Image,
     ImageFile,
@@ -30,6 +28,7 @@ from PIL import (
     WebPImagePlugin,
 )
 
+from models.pixels import DECODE_ERRORS, to_rgb, upright
 from pipeline.errors import (
     ConfigurationError,
     ImageCorrupt,
@@ -63,41 +62,8 @@ _PIL_DETECTED: Final = {
 # Importing the plugins registers them, so Image.open(formats=[...]) never has to import
 # every plugin Pillow ships on the first upload.
 _PLUGINS: Final = (GifImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImagePlugin)
-
-# Everything Pillow's parsers and decoders are known to raise on malformed input.  Warning is
-# here because a process run with warnings as errors (the test suite, -W error) gets Pillow's
-# complaints about a file (bad EXIF, invalid APNG, ...) raised mid-parse: the image was not
-# decoded, so it is corrupt.  UnidentifiedImageError is an OSError.
-_DECODE_ERRORS: Final = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    TypeError,
-    IndexError,
-    KeyError,
-    EOFError,
-    ArithmeticError,
-    struct.error,
-    zlib.error,
-    Warning,
-)
-
-# EXIF orientation -> the transposition that displays the image upright; the same table as
-# ImageOps.exif_transpose, applied without rewriting metadata we are about to discard.
-_ORIENTATION: Final = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-_ALPHA_MODES: Final = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
-_PLAIN_MODES: Final = frozenset({"1", "L", "P", "CMYK", "YCbCr"})
-_WIDE_GREY_MODES: Final = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
-_WHITE: Final = (255, 255, 255)
+# EXIF orientation, the colour conversion to 8-bit RGB and the errors Pillow raises on
+# malformed input are models.pixels': training and evaluation decode with the same ones.
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,76 +200,17 @@ def _decode(data: bytes, mime: str, cap: int) -> npt.NDArray[np.uint8]:
             # disagrees with ours, the larger of the two must pass.
             _check_pixels(im.width, im.height, cap)
             im.load()  # the first frame only, for GIF and animated WebP/PNG
-            orientation = _orientation(im)
-            method = _ORIENTATION.get(orientation)
-            upright: Image.Image = im if method is None else im.transpose(method)
-            _check_pixels(upright.width, upright.height, cap)
-            return _to_rgb(upright)
+            shown = upright(im)
+            _check_pixels(shown.width, shown.height, cap)
+            rgb = to_rgb(shown)
+            if rgb is None:
+                raise ImageUnsupportedType(
+                    f"The image uses an unsupported colour mode ({shown.mode}).")
+            return rgb
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooManyPixels() from exc
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise ImageCorrupt() from exc
-
-
-def _orientation(im: Image.Image) -> int:
-    try:
-        value = im.getexif().get(ExifTags.Base.Orientation, 1)
-    except _DECODE_ERRORS:
-        # EXIF is metadata beside pixels that decoded fine: a malformed block costs the
-        # orientation (shown as stored, as browsers do), not the upload.
-        logger.debug("unreadable EXIF; orientation left as stored")
-        return 1
-    return value if isinstance(value, int) else 1
-
-
-def _to_rgb(im: Image.Image) -> npt.NDArray[np.uint8]:
-    mode = im.mode
-    if mode in _WIDE_GREY_MODES:
-        return _wide_grey_to_rgb(im)
-    if mode in _ALPHA_MODES or "transparency" in im.info:
-        # Composite over white: a transparent region is what a viewer would see as page
-        # background, and a model scoring "black" there would see a different picture.
-        rgba = im if mode == "RGBA" else im.convert("RGBA")
-        out = Image.new("RGB", rgba.size, _WHITE)
-        out.paste(rgba, (0, 0), rgba)
-        return _as_array(out)
-    if mode == "RGB":
-        return _as_array(im)
-    if mode in _PLAIN_MODES:
-        return _as_array(im.convert("RGB"))
-    raise ImageUnsupportedType(f"The image uses an unsupported colour mode ({mode}).")
-
-
-def _wide_grey_to_rgb(im: Image.Image) -> npt.NDArray[np.uint8]:
-    # Pillow's convert("L") clips 16-bit grey at 255, turning most of the range white; scale
-    # the full 0..65535 range onto 0..255 instead (rounded, so 257*v maps back to v exactly).
-    wide = np.asarray(im)
-    grey16 = np.clip(wide, 0, 65535).astype(np.uint32, copy=False)
-    grey = ((grey16 + 128) // 257).astype(np.uint8)
-    transparency = im.info.get("transparency")
-    if isinstance(transparency, int):
-        grey[wide == transparency] = 255  # the one transparent grey level, over white
-    rgb = np.repeat(grey[:, :, np.newaxis], 3, axis=2)
-    rgb.flags.writeable = False
-    return rgb
-
-
-def _as_array(im: Image.Image) -> npt.NDArray[np.uint8]:
-    # np.asarray(im) goes through tobytes(), which packs the image in 64 KiB pieces and joins
-    # them: a second full copy that costs as much as decoding a JPEG.  Packing it in one call
-    # gives the same bytes in one buffer.  The encoder is Pillow-internal, so any surprise
-    # falls back to the public path.  numpy wraps the immutable bytes: read-only by design.
-    width, height = im.size
-    size = width * height * 3
-    try:
-        encoder = Image._getencoder("RGB", "raw", "RGB")
-        encoder.setimage(im.im, (0, 0, width, height))
-        _, status, data = encoder.encode(size)
-    except (AttributeError, TypeError, ValueError, OSError):  # pragma: no cover - Pillow changed
-        status, data = -1, b""
-    if status != 1 or len(data) != size:  # pragma: no cover - Pillow changed
-        data = im.tobytes()
-    return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
 
 
 # ---- declared dimensions, read before Pillow sees the bytes ---------------------------------

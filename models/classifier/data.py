@@ -36,10 +36,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from models.base import RGBImage
 from models.errors import DatasetError
+from models.pixels import DECODE_ERRORS, to_rgb, upright
 
 SPLITS: tuple[str, ...] = ("train", "val", "calib", "test")
 #: what a JSONL row may hold; the last four are bookkeeping that training does not read
@@ -184,7 +185,9 @@ def file_sha256(path: Path) -> str:
 
 
 def decode_image(source: Path | bytes, *, reduce_to: int | None = None) -> RGBImage:
-    """Decode a file or bytes to H x W x 3 uint8 RGB, EXIF orientation applied.
+    """Decode a file or bytes to H x W x 3 uint8 RGB (read-only), exactly as an upload is
+    decoded (`models.pixels`: EXIF orientation, transparency over white, 16-bit grey scaled),
+    so that a model is trained and evaluated on the pixels it is served.
 
     `reduce_to`: let a JPEG decode at 1/2, 1/4 or 1/8 scale (DCT scaling) as long as both
     sides stay at least this many pixels: several times faster when the model input is small.
@@ -194,12 +197,19 @@ def decode_image(source: Path | bytes, *, reduce_to: int | None = None) -> RGBIm
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             if reduce_to is not None and img.format == "JPEG":
                 img.draft("RGB", (reduce_to, reduce_to))
-            oriented = ImageOps.exif_transpose(img)
-            rgb = oriented.convert("RGB")
-            return np.asarray(rgb, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        where = "image bytes" if isinstance(source, bytes) else str(source)
-        raise DatasetError(f"cannot decode {where}: {exc}") from None
+            img.load()
+            shown = upright(img)
+            rgb = to_rgb(shown)
+    except (*DECODE_ERRORS, Image.DecompressionBombError) as exc:
+        raise DatasetError(f"cannot decode {_where(source)}: {exc}") from None
+    if rgb is None:
+        raise DatasetError(f"cannot decode {_where(source)}: unsupported colour mode "
+                           f"{shown.mode}")
+    return rgb
+
+
+def _where(source: Path | bytes) -> str:
+    return "image bytes" if isinstance(source, bytes) else str(source)
 
 
 # ---- parsing ------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.classifier.data import Manifest
+from models.classifier.data import Manifest, decode_image
 from models.errors import DatasetError
+from pipeline.ingest import ingest_bytes
+from tests.hostile import ACCEPT, CORPUS
 
 POLICY = ("nudity.explicit", "violence.graphic", "person.face")
 
@@ -51,3 +54,30 @@ def test_images_come_from_the_splits_in_order_up_to_the_limit(tmp_path: Path) ->
     assert widths == [11, 13, 12]  # both test rows first, then val
     assert len(m.images(("test", "val"), 2)) == 2
     assert all(img.dtype == np.uint8 and img.shape[2] == 3 for img in m.images(("train",), 5))
+
+
+ACCEPTED = [name for name, (_, code) in CORPUS.items() if code == ACCEPT]
+
+
+@pytest.mark.parametrize("name", ACCEPTED)
+def test_training_decodes_every_accepted_upload_to_the_pixels_it_is_served(name: str) -> None:
+    """Training, evaluation and model comparison decode with `decode_image`; uploads go
+    through ingest.  On every kind of file ingest accepts (transparent PNG and WebP, 16-bit
+    grey, palettes with a transparent colour, CMYK, EXIF-rotated and EXIF-garbage JPEGs,
+    animations) the two give the same pixels, so a model learns from what it will see."""
+    data = CORPUS[name][0]()
+    served = ingest_bytes(data, max_bytes=1 << 26, max_pixels=1 << 26).pixels
+    trained = decode_image(data)
+    assert trained.shape == served.shape and trained.dtype == served.dtype
+    assert np.array_equal(trained, served)
+
+
+def test_a_transparent_picture_is_white_where_it_is_transparent_in_training_too() -> None:
+    """Before the two shared one conversion, training saw transparency as black."""
+    rgba = Image.new("RGBA", (4, 2), (0, 0, 0, 0))
+    rgba.putpixel((0, 0), (200, 10, 10, 255))
+    buf = io.BytesIO()
+    rgba.save(buf, format="PNG")
+    pixels = decode_image(buf.getvalue())
+    assert tuple(pixels[0, 0]) == (200, 10, 10)
+    assert tuple(pixels[1, 3]) == (255, 255, 255)
