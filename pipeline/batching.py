@@ -265,7 +265,7 @@ class ClassifyService:
         # Everything that left the model and waits for its record goes in the next
         # transaction: no waiting for company (max_wait 0), bounded by admission already.
         self.recorder: MicroBatcher[ToDecide, BaseException | None] = MicroBatcher(
-            self.orch.decide_many,
+            self._record_batch,
             max_batch=RECORD_BATCH,
             max_wait_s=0,
             max_queue=max(queue_limit, 1),
@@ -410,6 +410,11 @@ class ClassifyService:
                 categories=list(scored.reasons.get("categories", [])),
             )
         return scored
+
+    def _record_batch(self, items: Sequence[ToDecide]) -> list[BaseException | None]:
+        if self.metrics is not None:
+            self.metrics.record_batch_size.observe(len(items))
+        return self.orch.decide_many(items)
 
     def _score_batch(self, images: Sequence[RGBImage]) -> list[ScoreResult]:
         results = self.rt.scorer.score(images)

@@ -161,8 +161,15 @@ class ApiMetrics:
         )
         self.record_seconds = Histogram(
             "lookfirst_record_duration_seconds",
-            "Policy, blob store and review record of one new decision.",
+            "From the model's result to the recorded decision of one upload (waiting for its "
+            "batch's transaction included).",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.record_batch_size = Histogram(
+            "lookfirst_record_batch_size",
+            "Uploads recorded in one transaction (requests that left the model together).",
+            buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.model_queue_depth = Gauge(

@@ -389,6 +389,8 @@ def test_metrics_cover_latency_batches_queues_and_segments(
     assert 'lookfirst_http_request_duration_seconds_bucket{le="0.1",method="POST",' \
            'route="/v1/classify",status="200"}' in text
     assert metric(api, "lookfirst_model_batch_size_count") >= 1
+    # each new upload was recorded in some transaction: the two above, each alone
+    assert metric(api, "lookfirst_record_batch_size_sum") >= 2
     assert metric(api, "lookfirst_decisions_total", medical_sharing="true") >= 1
     assert metric(api, "lookfirst_decisions_total", medical_sharing="false") >= 1
     assert metric(api, "lookfirst_category_fired_total", category="person.face") >= 1
