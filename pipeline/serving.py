@@ -16,7 +16,10 @@ The supervisor here is deliberately small: it starts the processes (spawned: no 
 of a database pool), restarts one that dies after it served, stops every one of them when one
 fails at start-up (a bad setting, an unreachable database: restarting would fail the same way
 in a loop), and passes SIGINT/SIGTERM on as a graceful shutdown; if it is killed outright,
-the kernel stops its processes (PR_SET_PDEATHSIG).  Linux (and the BSDs) only.
+the kernel stops its processes (PR_SET_PDEATHSIG).  Each process's event loop beats once a
+second into memory it shares with the supervisor; one whose loop has not beaten for
+`hang_timeout_s` (blocked: a handler that never returns, a deadlock) is killed and replaced,
+as uvicorn's own supervisor does with its pings.  Linux (and the BSDs) only.
 This module imports nothing heavy: a spawned process imports it to find its target, then
 listens at once, before it loads the app; connections the kernel gives it meanwhile wait in
 its queue.  (Under `pipeline.api`, whose imports take seconds, one process listened long
@@ -25,7 +28,10 @@ after the other answered, and a pool opened in that window went to one process.)
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
+import functools
+import importlib
 import logging
 import multiprocessing as mp
 import os
@@ -35,7 +41,9 @@ import sys
 import threading
 import time
 from multiprocessing.process import BaseProcess
+from multiprocessing.sharedctypes import Synchronized
 from types import FrameType
+from typing import Any
 
 from pipeline.errors import ConfigurationError
 
@@ -45,6 +53,11 @@ log = logging.getLogger(__name__)
 
 #: a process that ends sooner than this after it started is taken to have failed at start-up
 STARTUP_GRACE_S = 20.0
+#: a serving process whose event loop has not beaten for this long is hung: killed, replaced
+HANG_TIMEOUT_S = 30.0
+#: ... and one that has never beaten this long after it started failed at start-up
+STARTUP_TIMEOUT_S = 180.0
+_BEAT_S = 1.0
 _BACKLOG = 2048
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -73,15 +86,42 @@ def _die_with(parent: int) -> None:
         raise SystemExit(0)
 
 
-def _serve_one(host: str, port: int, log_level: str, app: str, parent: int) -> None:
+class _Heartbeat:
+    """ASGI wrapper: from the first event (uvicorn's lifespan start-up), a task on the
+    server's event loop writes the time into `beat` every second."""
+
+    def __init__(self, app: Any, beat: Synchronized[float]) -> None:
+        self.app = app
+        self.beat = beat
+        self._task: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="heartbeat")
+        await self.app(scope, receive, send)
+
+    async def _run(self) -> None:
+        while True:
+            self.beat.value = time.monotonic()  # CLOCK_MONOTONIC: one clock for all processes
+            await asyncio.sleep(_BEAT_S)
+
+
+def _beating(app: str, beat: Synchronized[float]) -> _Heartbeat:
+    module, _, name = app.partition(":")
+    return _Heartbeat(getattr(importlib.import_module(module), name)(), beat)
+
+
+def _serve_one(host: str, port: int, log_level: str, app: str, parent: int,
+               beat: Synchronized[float]) -> None:
     """One server process: its own listening socket on the shared port, then the app (a
-    factory's import path)."""
+    factory's import path) with its heartbeat."""
     _die_with(parent)
     import uvicorn
 
     sock = reuseport_socket(host, port)
     sock.listen(_BACKLOG)
-    config = uvicorn.Config(app, factory=True, host=host, port=port,
+    config = uvicorn.Config(functools.partial(_beating, app, beat), factory=True, host=host,
+                            port=port,
                             log_level=log_level, access_log=False, server_header=False,
                             proxy_headers=False, backlog=_BACKLOG)
     uvicorn.Server(config).run(sockets=[sock])
@@ -90,17 +130,32 @@ def _serve_one(host: str, port: int, log_level: str, app: str, parent: int) -> N
 class _Worker:
     def __init__(self, ctx: mp.context.SpawnContext, args: tuple[str, int, str, str, int]
                  ) -> None:
-        self.process: BaseProcess = ctx.Process(target=_serve_one, args=args, daemon=False)
+        #: the last beat of its event loop (time.monotonic()); 0 until the first
+        self.beat: Synchronized[float] = ctx.Value("d", 0.0)
+        self.process: BaseProcess = ctx.Process(target=_serve_one, args=(*args, self.beat),
+                                                daemon=False)
         self.process.start()
         self.started = time.monotonic()
 
+    def silent_for(self, now: float) -> float | None:
+        """Seconds since its loop last beat; None before the first beat."""
+        last = self.beat.value
+        return None if last == 0.0 else now - last
+
+    def kill(self) -> None:
+        self.process.kill()  # hung: a graceful stop would wait on the loop that is stuck
+        self.process.join()
+
 
 def serve_processes(workers: int, *, host: str, port: int, log_level: str, app: str = APP,
-                    startup_grace_s: float = STARTUP_GRACE_S) -> int:
+                    startup_grace_s: float = STARTUP_GRACE_S,
+                    hang_timeout_s: float = HANG_TIMEOUT_S,
+                    startup_timeout_s: float = STARTUP_TIMEOUT_S) -> int:
     """Run `workers` server processes on (host, port) until SIGINT or SIGTERM; 0 when they
     were stopped that way, 1 when one failed at start-up (its own log says why).  A process
-    that ends within `startup_grace_s` of its start failed at start-up; a later one died,
-    and another takes its place."""
+    that ends within `startup_grace_s` of its start failed at start-up, as did one whose event
+    loop never beat within `startup_timeout_s`; a later one died, and another takes its place,
+    as it does for one whose loop stopped beating for `hang_timeout_s`."""
     if workers < 1:
         raise ValueError("workers must be at least 1")
     # bound (not listening) for the whole run: the port stays ours between restarts, and no
@@ -126,6 +181,19 @@ def serve_processes(workers: int, *, host: str, port: int, log_level: str, app: 
         while not stop.wait(0.5):
             for i, worker in enumerate(running):
                 if worker.process.is_alive():
+                    now = time.monotonic()
+                    silent = worker.silent_for(now)
+                    if silent is None and now - worker.started > startup_timeout_s:
+                        log.error("server process %s has not started serving in %.0f s: "
+                                  "stopping them all", worker.process.pid, startup_timeout_s)
+                        code = 1
+                        stop.set()
+                        break
+                    if silent is not None and silent > hang_timeout_s:
+                        log.error("server process %s is hung (its event loop silent for %.0f "
+                                  "s): killed, starting another", worker.process.pid, silent)
+                        worker.kill()
+                        running[i] = _Worker(ctx, args)
                     continue
                 age = time.monotonic() - worker.started
                 if age < startup_grace_s:
@@ -139,9 +207,15 @@ def serve_processes(workers: int, *, host: str, port: int, log_level: str, app: 
                             worker.process.pid, worker.process.exitcode)
                 running[i] = _Worker(ctx, args)
     finally:
-        for worker in running:  # uvicorn shuts down gracefully on SIGTERM
-            if worker.process.is_alive():
-                worker.process.terminate()
+        now = time.monotonic()
+        for worker in running:
+            if not worker.process.is_alive():
+                continue
+            silent = worker.silent_for(now)
+            if silent is None or silent > hang_timeout_s:
+                worker.kill()  # not serving yet, or hung: nothing to finish gracefully
+            else:
+                worker.process.terminate()  # uvicorn shuts down gracefully on SIGTERM
         deadline = time.monotonic() + 30
         for worker in running:
             worker.process.join(max(0.1, deadline - time.monotonic()))

@@ -22,14 +22,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextlib.contextmanager
-def supervised(port: int, app: str, grace_s: float, *, output: bool = False
+def supervised(port: int, app: str, grace_s: float, *, output: bool = False,
+               hang_s: float = 30.0, startup_s: float = 180.0
                ) -> Iterator[subprocess.Popen[str]]:
     """`serve_processes` with two processes in a child interpreter; killed at the end if the
     test left it running (its processes go with it: PR_SET_PDEATHSIG)."""
     code = ("import sys\n"
             "from pipeline.serving import serve_processes\n"
             f"sys.exit(serve_processes(2, host='127.0.0.1', port={port}, log_level='warning', "
-            f"app={app!r}, startup_grace_s={grace_s}))\n")
+            f"app={app!r}, startup_grace_s={grace_s}, hang_timeout_s={hang_s}, "
+            f"startup_timeout_s={startup_s}))\n")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.PIPE if output else subprocess.DEVNULL,
@@ -117,4 +119,42 @@ def test_a_process_that_cannot_start_stops_them_all() -> None:
         out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1, out
     assert "this app cannot start" in out and "stopping the others" in out
+    assert listening(port) == 0
+
+
+def test_a_hung_process_is_killed_and_replaced() -> None:
+    """A process whose event loop is blocked (here a handler that sleeps for an hour) stops
+    beating; past the hang timeout the supervisor kills it and starts another."""
+    port = free_port()
+    with supervised(port, "tests.integration.serving_apps:pid_app", grace_s=1.0,
+                    hang_s=3.0) as proc:
+        wait_for(lambda: listening(port) == 2)
+        first = pids_serving(port)
+        assert len(first) == 2
+        time.sleep(1.2)  # past the start-up grace
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as hung_conn:
+            hung_conn.sendall(b"GET /hang HTTP/1.1\r\nHost: t\r\n\r\n")
+            time.sleep(0.5)  # the handler runs and blocks its process's loop
+            # the other process answers meanwhile; the hung one is replaced in the timeout
+            wait_for(lambda: len(pids_serving(port, 16, resets_ok=True) - first) == 1,
+                     timeout=60)
+            try:
+                unanswered = hung_conn.recv(4096)  # closed with its process
+            except ConnectionResetError:
+                unanswered = b""
+        assert unanswered == b""
+        second = pids_serving(port)
+        assert len(second) == 2 and len(second & first) == 1
+        assert proc.poll() is None  # the supervisor goes on
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+
+def test_a_process_that_never_starts_serving_stops_them_all() -> None:
+    port = free_port()
+    with supervised(port, "tests.integration.serving_apps:stuck_app", grace_s=1.0,
+                    startup_s=5.0, output=True) as proc:
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out
+    assert "has not started serving" in out
     assert listening(port) == 0
