@@ -41,7 +41,6 @@ import sys
 import threading
 import time
 from multiprocessing.process import BaseProcess
-from multiprocessing.sharedctypes import Synchronized
 from types import FrameType
 from typing import Any
 
@@ -90,7 +89,7 @@ class _Heartbeat:
     """ASGI wrapper: from the first event (uvicorn's lifespan start-up), a task on the
     server's event loop writes the time into `beat` every second."""
 
-    def __init__(self, app: Any, beat: Synchronized[float]) -> None:
+    def __init__(self, app: Any, beat: ctypes.c_double) -> None:
         self.app = app
         self.beat = beat
         self._task: asyncio.Task[None] | None = None
@@ -106,13 +105,13 @@ class _Heartbeat:
             await asyncio.sleep(_BEAT_S)
 
 
-def _beating(app: str, beat: Synchronized[float]) -> _Heartbeat:
+def _beating(app: str, beat: ctypes.c_double) -> _Heartbeat:
     module, _, name = app.partition(":")
     return _Heartbeat(getattr(importlib.import_module(module), name)(), beat)
 
 
 def _serve_one(host: str, port: int, log_level: str, app: str, parent: int,
-               beat: Synchronized[float]) -> None:
+               beat: ctypes.c_double) -> None:
     """One server process: its own listening socket on the shared port, then the app (a
     factory's import path) with its heartbeat."""
     _die_with(parent)
@@ -130,8 +129,10 @@ def _serve_one(host: str, port: int, log_level: str, app: str, parent: int,
 class _Worker:
     def __init__(self, ctx: mp.context.SpawnContext, args: tuple[str, int, str, str, int]
                  ) -> None:
-        #: the last beat of its event loop (time.monotonic()); 0 until the first
-        self.beat: Synchronized[float] = ctx.Value("d", 0.0)
+        #: the last beat of its event loop (time.monotonic()); 0 until the first.  Without a
+        #: lock: a process killed while holding one would leave the supervisor waiting on it
+        #: for ever, and an aligned 8-byte store is read whole.
+        self.beat: ctypes.c_double = ctx.RawValue(ctypes.c_double, 0.0)
         self.process: BaseProcess = ctx.Process(target=_serve_one, args=(*args, self.beat),
                                                 daemon=False)
         self.process.start()
