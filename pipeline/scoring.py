@@ -27,6 +27,7 @@ from pipeline.errors import (
     PipelineError,
     UploadContextConflict,
 )
+from pipeline.hashing.pdq import DihedralPdq
 from pipeline.ingest import IngestedImage, ingest_bytes, with_pdq
 from pipeline.policy import Context
 from pipeline.routing import route
@@ -233,70 +234,14 @@ class Orchestrator:
         scored.fill_from_store(found, d)
 
     def decide_many(self, items: Sequence[ToDecide]) -> list[BaseException | None]:
-        """Bank lookups, policy and the record of a batch of scored uploads, in ONE
-        transaction (`record_many`: every decision with its audit events, outbox message and
-        review item; a crash leaves all of the batch or none), after one durable write of
-        their blobs (a decision never points at a missing blob).
-
-        Returns, per item, None when its `scored` was filled (a new decision, or the stored
-        one when another request or process recorded the upload first), or the error that
-        belongs to that upload alone: the policy refusing its scores, or
-        `UploadContextConflict`.  A failure of the database raises for the whole batch."""
+        """The decisions of a batch of scored uploads (`record_scored`), after one durable
+        write of their blobs: a decision never points at a missing blob."""
         if not items:
             return []
-        rt = self.rt
-        rt.blobs.put_many([it.data for it in items])
-        for attempt in range(_ATTEMPTS):
-            try:
-                return self._record(items)
-            except IntegrityError:
-                # another process recorded one of these uploads (or contents) first: the
-                # retry finds it and answers with its decision instead of a second one
-                if attempt == _ATTEMPTS - 1:
-                    raise
-                log.info("recording raced another writer; retrying",
-                         extra={"uploads": len(items)})
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _record(self, items: Sequence[ToDecide]) -> list[BaseException | None]:
-        rt = self.rt
-        errors: list[BaseException | None] = [None] * len(items)
-        with rt.db.transaction() as s:
-            hits = rt.banks.match_many(
-                s, [bank_query(it.scored.request, it.image) for it in items],
-                at=rt.review.clock())
-            entries: list[tuple[int, NewUpload, Routing]] = []
-            for i, (it, hit) in enumerate(zip(items, hits, strict=True)):
-                req = it.scored.request
-                try:
-                    routing = route(rt.policy, it.result, context=req.context,
-                                    sha256=it.image.sha256, bank_hit=hit)
-                except (PipelineError, ValueError) as exc:
-                    errors[i] = exc
-                    continue
-                entries.append((i, _new_upload(req, it.image), routing))
-            recorded = rt.review.record_many(s, [(u, r) for _, u, r in entries])
-            again = [rec.decision_id for rec in recorded if not rec.created]
-            stored = get_decisions(s, decision_ids=again) if again else {}
-        for (i, _, routing), rec in zip(entries, recorded, strict=True):
-            scored = items[i].scored
-            if not rec.created:
-                try:
-                    scored.fill_from_store(rec, stored[rec.decision_id])
-                except UploadContextConflict as exc:
-                    errors[i] = exc
-                continue
-            scored.recorded = rec
-            scored.scores = dict(routing.scores)
-            scored.model_version = routing.model_version
-            scored.policy_version = routing.policy_version
-            scored.reasons = dict(routing.reasons)
-            log.info(
-                "scored",
-                extra={"decision_id": rec.decision_id, "outcome": rec.outcome,
-                       "model_version": routing.model_version},
-            )
-        return errors
+        self.rt.blobs.put_many([it.data for it in items])
+        return record_scored(self.rt, [
+            ToRecord(it.scored, _new_upload(it.scored.request, it.image), it.result,
+                     it.image.pdq) for it in items])
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +253,80 @@ class ToDecide:
     image: IngestedImage
     data: bytes
     result: ScoreResult
+
+
+@dataclass(frozen=True, slots=True)
+class ToRecord:
+    """What `record_scored` needs of one upload, however it arrived (the API, the CLI, a batch
+    job's worker): the `Scored` to fill, the upload to store, the model's result, the PDQ
+    hashes for the banks, and the shadow models' rows when they came apart from the result."""
+
+    scored: Scored
+    upload: NewUpload
+    result: ScoreResult
+    pdq: DihedralPdq | None
+    shadow: Sequence[Mapping[str, Any]] | None = None
+
+
+def record_scored(rt: Runtime, items: Sequence[ToRecord]) -> list[BaseException | None]:
+    """Bank lookups, policy and the record of a batch of scored uploads in ONE transaction
+    (`record_many`: every decision with its audit events, outbox message and review item; a
+    crash leaves all of the batch or none).  The API, `lookfirst score` and batch jobs all
+    record through here.
+
+    Returns, per item, None when its `scored` was filled (a new decision, or the stored one
+    when another request, row or process recorded the upload first), or the error that
+    belongs to that upload alone: the policy refusing its scores (ValueError or a
+    PipelineError), or `UploadContextConflict`.  A failure of the database raises for all; a
+    race with another writer ends in the unique constraints and the batch is retried whole
+    (the retry finds the winner's rows and answers with its decisions)."""
+    if not items:
+        return []
+    for attempt in range(_ATTEMPTS):
+        try:
+            return _record_once(rt, items)
+        except IntegrityError:
+            if attempt == _ATTEMPTS - 1:
+                raise
+            log.info("recording raced another writer; retrying", extra={"uploads": len(items)})
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _record_once(rt: Runtime, items: Sequence[ToRecord]) -> list[BaseException | None]:
+    errors: list[BaseException | None] = [None] * len(items)
+    with rt.db.transaction() as s:
+        hits = rt.banks.match_many(
+            s, [Query(sha256=it.upload.sha256, account_id=it.upload.account_id, pdq=it.pdq)
+                for it in items], at=rt.review.clock())
+        entries: list[tuple[int, Routing]] = []
+        for i, (it, hit) in enumerate(zip(items, hits, strict=True)):
+            try:
+                routing = route(rt.policy, it.result, context=it.scored.request.context,
+                                sha256=it.upload.sha256, bank_hit=hit, shadow=it.shadow)
+            except (PipelineError, ValueError) as exc:
+                errors[i] = exc
+                continue
+            entries.append((i, routing))
+        recorded = rt.review.record_many(s, [(items[i].upload, r) for i, r in entries])
+        again = [rec.decision_id for rec in recorded if not rec.created]
+        stored = get_decisions(s, decision_ids=again) if again else {}
+    for (i, routing), rec in zip(entries, recorded, strict=True):
+        scored = items[i].scored
+        if not rec.created:
+            try:
+                scored.fill_from_store(rec, stored[rec.decision_id])
+            except UploadContextConflict as exc:
+                errors[i] = exc
+            continue
+        scored.recorded = rec
+        scored.sha256 = items[i].upload.sha256
+        scored.scores = dict(routing.scores)
+        scored.model_version = routing.model_version
+        scored.policy_version = routing.policy_version
+        scored.reasons = dict(routing.reasons)
+        log.info("scored", extra={"decision_id": rec.decision_id, "outcome": rec.outcome,
+                                  "model_version": routing.model_version})
+    return errors
 
 
 def _new_upload(req: UploadRequest, image: IngestedImage) -> NewUpload:

@@ -1,36 +1,28 @@
 """Recording in batches: many decisions per transaction, still one decision per upload.
 
-A batch of predictions becomes decisions exactly as the API's do (hash-bank lookup, then
-`pipeline.routing.route`), recorded by the review store's `record_many` in ONE transaction
-for the whole batch, with each upload's outbox message and audit events, so a crash leaves
-either all of a batch or none of it.  `stored` is the other half of exactly-once: an upload
-already decided is answered from the store and never reaches the model.
+A batch of predictions becomes decisions through the same function as the API's requests
+(`pipeline.scoring.record_scored`: hash-bank lookup, `pipeline.routing.route`, the review
+store's `record_many`) in ONE transaction for the whole batch, with each upload's outbox
+message and audit events, so a crash leaves either all of a batch or none of it.  `stored` is
+the other half of exactly-once: an upload already decided is answered from the store and never
+reaches the model.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-
-from pipeline.banks import Query
 from pipeline.batch.errors import MODEL_FAILED
 from pipeline.batch.predictor import Prediction
 from pipeline.batch.sources import SourceRow
-from pipeline.errors import PipelineError, UploadContextConflict
+from pipeline.errors import UploadContextConflict
 from pipeline.policy import Context
-from pipeline.routing import route
 from pipeline.runtime import Runtime
-from pipeline.scoring import Scored, UploadRequest
-from review import DecisionRecord, NewUpload, Recorded, Routing, get_decisions
+from pipeline.scoring import Scored, ToRecord, UploadRequest, record_scored
+from review import DecisionRecord, NewUpload, Recorded, get_decisions
 
 __all__ = ["BatchRecorder", "error_row", "result_row"]
-
-logger = logging.getLogger(__name__)
-
-_ATTEMPTS = 3
 
 
 def _request(row: SourceRow) -> UploadRequest:
@@ -110,24 +102,11 @@ class BatchRecorder:
     def record(
         self, rows: Sequence[SourceRow], predictions: Mapping[int, Prediction]
     ) -> list[dict[str, Any]]:
-        """Decide and record every row that has a prediction; one transaction in all."""
-        for attempt in range(_ATTEMPTS):
-            try:
-                return self._record_once(rows, predictions)
-            except IntegrityError:
-                # another writer recorded one of these uploads first; the retry finds it and
-                # answers with the stored decision instead of a second one
-                if attempt == _ATTEMPTS - 1:
-                    raise
-                logger.info("batch raced another writer; retrying", extra={"rows": len(rows)})
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _record_once(
-        self, rows: Sequence[SourceRow], predictions: Mapping[int, Prediction]
-    ) -> list[dict[str, Any]]:
-        rt = self.rt
+        """Decide and record every row that has a prediction; one transaction in all
+        (`pipeline.scoring.record_scored`, which the API and `lookfirst score` record through
+        too)."""
         results: list[dict[str, Any]] = []
-        scoring: list[tuple[SourceRow, Prediction]] = []
+        scoring: list[tuple[SourceRow, ToRecord]] = []
         for row in rows:
             p = predictions.get(row.ordinal)
             if p is None:
@@ -135,48 +114,29 @@ class BatchRecorder:
             elif p.error_code is not None:
                 results.append(error_row(row, p.error_code, p.error_detail))
             else:
-                scoring.append((row, p))
-        if not scoring:
-            return results
-        with rt.db.transaction() as s:
-            matches = rt.banks.match_many(
-                s, [Query(sha256=p.sha256 or "", account_id=row.account_id,
-                          pdq=p.pdq) for row, p in scoring], at=rt.review.clock())
-            entries: list[tuple[SourceRow, Scored, NewUpload, Routing]] = []
-            for (row, p), hit in zip(scoring, matches, strict=True):
-                assert p.sha256 is not None and p.mime is not None
-                request = _request(row)
-                try:
-                    routing = route(rt.policy, p.result(), context=request.context,
-                                    sha256=p.sha256, bank_hit=hit,
-                                    shadow=p.shadow)
-                except (PipelineError, ValueError) as exc:
-                    code = getattr(exc, "code", "policy.invalid_scores")
-                    results.append(error_row(row, code, str(exc)))
-                    continue
-                upload = NewUpload(
-                    account_id=request.account_id, external_id=request.external_id,
-                    source=request.source, context=request.context.model_dump(),
-                    sha256=p.sha256, mime=p.mime, width=p.width, height=p.height,
-                    size_bytes=p.size_bytes,
-                    pdq=p.pdq.original.hex if p.pdq is not None else None,
-                    pdq_quality=p.pdq.quality if p.pdq is not None else None)
-                entries.append((row, Scored(request=request, sha256=p.sha256), upload, routing))
-            recorded = rt.review.record_many(s, [(u, r) for _, _, u, r in entries])
-            # decided before (another row, another job): answered with what was decided then
-            again = [rec.decision_id for rec in recorded if not rec.created]
-            stored = get_decisions(s, decision_ids=again) if again else {}
-        for (row, scored, _, routing), rec in zip(entries, recorded, strict=True):
-            if rec.created:
-                scored.recorded = rec
-                scored.scores = dict(routing.scores)
-                scored.model_version = routing.model_version
-                scored.policy_version = routing.policy_version
-                scored.reasons = dict(routing.reasons)
-                results.append(result_row(row, scored))
+                scoring.append((row, _to_record(row, p)))
+        errors = record_scored(self.rt, [item for _, item in scoring])
+        for (row, item), error in zip(scoring, errors, strict=True):
+            if error is None:
+                results.append(result_row(row, item.scored))
             else:
-                results.append(_answer_from_store(row, scored, rec, stored[rec.decision_id]))
+                code = getattr(error, "code", "policy.invalid_scores")
+                detail = getattr(error, "detail", None) or str(error)
+                results.append(error_row(row, code, detail))
         return results
+
+
+def _to_record(row: SourceRow, p: Prediction) -> ToRecord:
+    assert p.sha256 is not None and p.mime is not None
+    request = _request(row)
+    upload = NewUpload(
+        account_id=request.account_id, external_id=request.external_id, source=request.source,
+        context=request.context.model_dump(), sha256=p.sha256, mime=p.mime, width=p.width,
+        height=p.height, size_bytes=p.size_bytes,
+        pdq=p.pdq.original.hex if p.pdq is not None else None,
+        pdq_quality=p.pdq.quality if p.pdq is not None else None)
+    return ToRecord(Scored(request=request, sha256=p.sha256), upload, p.result(), p.pdq,
+                    p.shadow)
 
 
 def _answer_from_store(row: SourceRow, scored: Scored, found: Recorded,
