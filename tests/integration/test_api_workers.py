@@ -1,6 +1,7 @@
-"""`lookfirst serve --workers 2` on PostgreSQL: one key's rate limit holds across both server
-processes (its token bucket is in the database), and a revoked key stops working in both
-within the key cache's TTL.
+"""`lookfirst serve --workers 2` on PostgreSQL: one key's rate limit, and one reviewer's
+across their OpenID Connect tokens, hold across both server processes (the token buckets are
+in the database); a revoked key stops working in both within the key cache's TTL; both
+processes racing on the same uploads record each once.
 
 Real parts: the real command, real uvicorn workers sharing one port (a listening socket each,
 SO_REUSEPORT), real PostgreSQL.  Each
@@ -9,6 +10,7 @@ the test knows it is talking to both processes, not to whichever the kernel pick
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -27,6 +29,7 @@ import pytest
 from pipeline.apikeys import create_key
 from review.db import Database
 from review.service import utcnow
+from tests.oidc_issuer import AUDIENCE, LocalIssuer
 
 pytestmark = [
     pytest.mark.postgres,
@@ -101,8 +104,9 @@ def get(conn: http.client.HTTPConnection, raw_key: str) -> int:
     return reply.status
 
 
-@pytest.fixture
-def workers(pg_url: str, tmp_path: Path) -> Iterator[Workers]:
+@contextlib.contextmanager
+def serving(pg_url: str, tmp_path: Path, extra: dict[str, str]) -> Iterator[Workers]:
+    """`lookfirst serve --workers 2` on `pg_url`, with `extra` settings."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -110,6 +114,7 @@ def workers(pg_url: str, tmp_path: Path) -> Iterator[Workers]:
     env.update(PYTHONPATH=str(ROOT), ORT_DISABLE_TELEMETRY="1", LOOKFIRST_DATABASE_URL=pg_url,
                LOOKFIRST_DATA_DIR=str(tmp_path / "data"), LOOKFIRST_API_PRELOAD_MODEL="false",
                LOOKFIRST_API_KEY_CACHE_S=str(CACHE_S), LOOKFIRST_API_RATE_BURST_SECONDS="10")
+    env.update(extra)
     log = tmp_path / "serve.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen([str(LOOKFIRST), "serve", "--workers", "2", "--port", str(port)],
@@ -135,6 +140,12 @@ def workers(pg_url: str, tmp_path: Path) -> Iterator[Workers]:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         db.dispose()
+
+
+@pytest.fixture
+def workers(pg_url: str, tmp_path: Path) -> Iterator[Workers]:
+    with serving(pg_url, tmp_path, {}) as w:
+        yield w
 
 
 def _listening(port: int) -> int:
@@ -293,3 +304,40 @@ def test_both_workers_racing_on_the_same_uploads_record_each_once(workers: Worke
         assert s.execute(select(func.count()).select_from(Upload)).scalar_one() == len(bodies)
         assert s.execute(select(func.count()).select_from(Decision)).scalar_one() == len(bodies)
         assert audit.verify(s).ok
+
+
+def test_a_reviewers_token_budget_holds_across_two_workers(
+    pg_url: str, tmp_path: Path, idp: LocalIssuer
+) -> None:
+    """A reviewer's OpenID Connect tokens share one bucket (`oidc:<reviewer>`, a row in the
+    database) whichever server process a request reaches, and whichever token it carries."""
+    from review.service import ReviewService
+    from tests.review_support import make_config
+
+    env = {"LOOKFIRST_API_RATE_PER_MINUTE": str(RATE_PER_MINUTE),
+           "LOOKFIRST_OIDC_ISSUER": idp.url, "LOOKFIRST_OIDC_AUDIENCE": AUDIENCE,
+           "LOOKFIRST_OIDC_JWKS_URL": idp.jwks_url,
+           "LOOKFIRST_OIDC_REVIEWER_CLAIM": "preferred_username"}
+    with serving(pg_url, tmp_path, env) as w:
+        with w.db.transaction() as s:
+            ReviewService(make_config()).add_reviewer(s, reviewer_id="rae", queues=["adult"])
+        a, b = one_per_worker(w)
+        capacity, per_second = 10, RATE_PER_MINUTE / 60
+
+        def read(conn: http.client.HTTPConnection) -> int:
+            raw = idp.token(idp.keys["rsa-1"], idp.claims("rae"))  # a fresh token each time
+            conn.request("GET", "/v1/decisions/no-such-decision",
+                         headers={"Authorization": f"Bearer {raw}"})
+            reply = conn.getresponse()
+            reply.read()
+            return reply.status
+
+        started = time.monotonic()
+        statuses = [(side, read(conn)) for _ in range(20) for side, conn in (("a", a), ("b", b))]
+        elapsed = time.monotonic() - started
+    allowed = sum(1 for _, status in statuses if status == 404)
+    assert {status for _, status in statuses} == {404, 429}, statuses
+    assert capacity <= allowed <= capacity + elapsed * per_second + 1, (allowed, elapsed)
+    assert elapsed * per_second + 1 < capacity, "the test ran too slowly to tell one bucket"
+    for side in ("a", "b"):
+        assert {status for s, status in statuses if s == side} == {404, 429}, statuses
