@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -33,16 +34,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from sqlalchemy.orm import Session
-
 from models.base import RGBImage, ScoreResult
-from pipeline.errors import ErrorKind, PipelineError
+from pipeline.errors import ErrorKind, PipelineError, UploadContextConflict
 from pipeline.ingest import IngestedImage, declared_size, ingest_bytes, sniff, with_pdq
 from pipeline.metrics import ApiMetrics
 from pipeline.policy import Context
 from pipeline.runtime import Runtime
-from pipeline.scoring import Orchestrator, Scored, ToDecide, UploadRequest
-from review import Recorded
+from pipeline.scoring import (
+    Orchestrator,
+    Scored,
+    ToDecide,
+    UploadRequest,
+    answers_from_store,
+)
 
 __all__ = ["ClassifyInput", "ClassifyService", "MicroBatcher", "Overloaded"]
 
@@ -253,7 +257,6 @@ class ClassifyService:
         # exist at any time are bounded: the budget, plus one image per decode slot.
         self._decode_slots = asyncio.Semaphore(workers)
         self._budget = _Budget(decoded_budget_bytes)
-        self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lookup")
         self.batcher = MicroBatcher(
             self._score_batch,
             max_batch=max_batch,
@@ -262,6 +265,10 @@ class ClassifyService:
             arriving=lambda: self._decoding,
             metrics=metrics,
         )
+        # The lookups of a stored decision that arrive together share one transaction too.
+        self.lookup: MicroBatcher[UploadRequest, Scored | UploadContextConflict | None] = (
+            MicroBatcher(functools.partial(answers_from_store, rt), max_batch=RECORD_BATCH,
+                         max_wait_s=0, max_queue=max(queue_limit, 1), thread_name="lookup"))
         # Everything that left the model and waits for its record goes in the next
         # transaction: no waiting for company (max_wait 0), bounded by admission already.
         self.recorder: MicroBatcher[ToDecide, BaseException | None] = MicroBatcher(
@@ -280,6 +287,7 @@ class ClassifyService:
     async def start(self, *, preload_model: bool) -> None:
         self.batcher.start()
         self.recorder.start()
+        self.lookup.start()
         if preload_model:
             asyncio.get_running_loop().create_task(self._preload(), name="model-preload")
 
@@ -309,8 +317,8 @@ class ClassifyService:
             task.cancel()
         await self.batcher.stop()
         await self.recorder.stop()  # waits for a transaction under way to end
+        await self.lookup.stop()
         self.orch.close()
-        self._io.shutdown(wait=True)
 
     # ---- admission ----------------------------------------------------------------------------
     @property
@@ -361,7 +369,9 @@ class ClassifyService:
             source="api",
             data=inp.data,
         )
-        stored = await loop.run_in_executor(self._io, self._stored, req)
+        stored = await self.lookup.submit(req)
+        if isinstance(stored, UploadContextConflict):
+            raise stored
         if stored is not None:
             return stored
         settings = self.rt.settings
@@ -422,18 +432,6 @@ class ClassifyService:
             self.metrics.model_loaded.labels(model_version=self.rt.scorer.version).set(1)
         return results
 
-    def _stored(self, req: UploadRequest) -> Scored | None:
-        rt = self.rt
-        with rt.db.transaction() as s:
-            found = rt.review.find_upload(
-                s, account_id=req.account_id, external_id=req.external_id
-            )
-            if found is None:
-                return None
-            scored = Scored(request=req)
-            _fill_from_store(self.orch, s, scored, found)
-            return scored
-
 
 def _decode_peak_bytes(data: bytes) -> int:
     """What decoding `data` may hold at its peak, from the dimensions its header declares:
@@ -444,11 +442,3 @@ def _decode_peak_bytes(data: bytes) -> int:
     except Exception:
         return 0
     return width * height * 8
-
-
-# ---- the Orchestrator's steps ----------------------------------------------------------------
-# `lookfirst score` runs these inside Orchestrator.score; the API needs them around the shared
-# model and record queues.  They are the Orchestrator's own methods, so that banks, policy,
-# blob store and review record stay one implementation.
-def _fill_from_store(orch: Orchestrator, s: Session, scored: Scored, found: Recorded) -> None:
-    orch.fill_from_store(s, scored, found)

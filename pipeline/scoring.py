@@ -37,7 +37,6 @@ from review import (
     NewUpload,
     Recorded,
     Routing,
-    get_decision,
     get_decisions,
 )
 
@@ -193,20 +192,16 @@ class Orchestrator:
 
     def _score_batch(self, batch: Sequence[UploadRequest]) -> list[Scored]:
         rt = self.rt
-        results = [Scored(request=req) for req in batch]
-        with rt.db.transaction() as s:
-            found = rt.review.find_uploads(s, [(r.account_id, r.external_id) for r in batch])
-            stored = get_decisions(s, decision_ids=[f.decision_id for f in found.values()])
+        results: list[Scored] = []
         decoding = []
-        for scored in results:
-            req = scored.request
-            hit = found.get((req.account_id, req.external_id))
-            if hit is not None:  # scored before: return what was decided, do not rescore
-                try:
-                    scored.fill_from_store(hit, stored[hit.decision_id])
-                except UploadContextConflict as exc:
-                    scored.error = exc
+        for req, answer in zip(batch, answers_from_store(rt, batch), strict=True):
+            if isinstance(answer, Scored):  # scored before: what was decided, not rescored
+                results.append(answer)
+            elif isinstance(answer, UploadContextConflict):
+                results.append(Scored(request=req, error=answer))
             else:
+                scored = Scored(request=req)
+                results.append(scored)
                 decoding.append((scored, self.pool.submit(_prepare, rt, req)))
         to_score: list[tuple[Scored, IngestedImage, bytes]] = []
         for scored, fut in decoding:
@@ -228,11 +223,6 @@ class Orchestrator:
                     raise error
         return results
 
-    def fill_from_store(self, s: Any, scored: Scored, found: Recorded) -> None:
-        d = get_decision(s, decision_id=found.decision_id)
-        assert d is not None
-        scored.fill_from_store(found, d)
-
     def decide_many(self, items: Sequence[ToDecide]) -> list[BaseException | None]:
         """The decisions of a batch of scored uploads (`record_scored`), after one durable
         write of their blobs: a decision never points at a missing blob."""
@@ -242,6 +232,33 @@ class Orchestrator:
         return record_scored(self.rt, [
             ToRecord(it.scored, _new_upload(it.scored.request, it.image), it.result,
                      it.image.pdq) for it in items])
+
+
+def answers_from_store(rt: Runtime, requests: Sequence[UploadRequest]
+                       ) -> list[Scored | UploadContextConflict | None]:
+    """For each request, in one transaction: its stored decision when the upload was decided
+    before (a `Scored` filled from the store; never scored again), `UploadContextConflict`
+    when it was decided with another context, or None (new: to be scored)."""
+    if not requests:
+        return []
+    with rt.db.transaction() as s:
+        found = rt.review.find_uploads(s, [(r.account_id, r.external_id) for r in requests])
+        stored = (get_decisions(s, decision_ids=[f.decision_id for f in found.values()])
+                  if found else {})
+    out: list[Scored | UploadContextConflict | None] = []
+    for req in requests:
+        hit = found.get((req.account_id, req.external_id))
+        if hit is None:
+            out.append(None)
+            continue
+        scored = Scored(request=req)
+        try:
+            scored.fill_from_store(hit, stored[hit.decision_id])
+        except UploadContextConflict as exc:
+            out.append(exc)
+            continue
+        out.append(scored)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
