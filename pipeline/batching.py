@@ -12,7 +12,9 @@ Requests leaving the model are gathered the same way into their recording: one t
 every request that is waiting and records them all in one transaction
 (`Orchestrator.decide_many`: bank lookups, policy, one durable write of the blobs, then the
 decisions with their audit events and outbox messages).  Under load that is one transaction per
-model batch instead of three per request; a lone request is recorded at once.
+model batch instead of three per request; a lone request is recorded at once.  The lookup that
+comes first (was this upload decided before?) is gathered the same way
+(`pipeline.scoring.answers_from_store`).
 
 The steps before and after the model (lookup of a stored decision, policy, blob store, review
 record) are the Orchestrator's, and its policy step is `pipeline.routing.route`, which batch

@@ -4,8 +4,8 @@ ingest (decode on a thread pool) -> model -> content-addressed blobs -> hash ban
 (`pipeline.routing.route`) -> one transaction per batch of uploads in the review store
 (`decide_many`; the API's requests are gathered into such batches as they leave the model).
 An upload already scored is never scored again: its stored decision is returned (invariant 4:
-exactly once, one outcome).  Batch jobs (`pipeline.batch`) share `route` and the review store's
-batch intake instead of this class.
+exactly once, one outcome; `answers_from_store`).  Batch jobs (`pipeline.batch`) record through
+this module's `record_scored` too, from their own workers' predictions.
 """
 
 from __future__ import annotations
@@ -131,11 +131,6 @@ def check_same_context(req: UploadRequest, stored: Mapping[str, Any]) -> None:
         f"context it was first scored with.  To score the image with this context, score it "
         f"as a new upload with a new upload id (CLI: --upload-id NEW-ID; API: the upload_id "
         f"field)")
-
-
-def bank_query(req: UploadRequest, image: IngestedImage) -> Query:
-    """What the bank matcher looks this upload up by."""
-    return Query(sha256=image.sha256, account_id=req.account_id, pdq=image.pdq)
 
 
 def _read(req: UploadRequest, max_bytes: int) -> bytes:
