@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import functools
-import importlib
 import logging
 import multiprocessing as mp
 import os
@@ -106,8 +105,9 @@ class _Heartbeat:
 
 
 def _beating(app: str, beat: ctypes.c_double) -> _Heartbeat:
-    module, _, name = app.partition(":")
-    return _Heartbeat(getattr(importlib.import_module(module), name)(), beat)
+    from uvicorn.importer import import_from_string  # how uvicorn itself reads "module:attr"
+
+    return _Heartbeat(import_from_string(app)(), beat)
 
 
 def _serve_one(host: str, port: int, log_level: str, app: str, parent: int,
