@@ -81,7 +81,7 @@ def _b64(data: bytes) -> str:
 
 @dataclass
 class LocalIssuer:
-    """Start with `start()`; `url` is the issuer (`iss`), `jwks_url` its key set."""
+    """Start with `start()` (or `with`); `url` is the issuer (`iss`), `jwks_url` its key set."""
 
     keys: dict[str, IssuerKey] = field(default_factory=dict)
     #: kids in the published JWKS, in order
@@ -180,3 +180,9 @@ class LocalIssuer:
             self._server.should_exit = True
             self._thread.join(timeout=30)
             self._server = self._thread = None
+
+    def __enter__(self) -> LocalIssuer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -58,8 +58,5 @@ def client(request: pytest.FixtureRequest, api: ApiServer) -> Iterator[httpx.Cli
 def idp() -> Iterator[LocalIssuer]:
     issuer = LocalIssuer()
     issuer.add_key("rsa", kid="rsa-1")
-    issuer.start()
-    try:
+    with issuer:
         yield issuer
-    finally:
-        issuer.stop()

@@ -56,11 +56,8 @@ def issuer() -> Iterator[LocalIssuer]:
     idp = LocalIssuer()
     idp.add_key("rsa", kid="rsa-1")
     idp.add_key("ec", kid="ec-1")
-    idp.start()
-    try:
+    with idp:
         yield idp
-    finally:
-        idp.stop()
 
 
 @pytest.fixture
