@@ -13,11 +13,9 @@ process per core by default.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import resource
-import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -30,7 +28,12 @@ from typing import IO, Any
 import numpy as np
 
 from pipeline.batch.errors import UnknownEngine
-from pipeline.batch.output import PartWriter, summarize, write_summary
+from pipeline.batch.output import (
+    PartWriter,
+    import_pandas_meanwhile,
+    summarize,
+    write_summary,
+)
 from pipeline.batch.predictor import Prediction, rows_to_batch, worker_predict
 from pipeline.batch.progress import JobProgress
 from pipeline.batch.recorder import BatchRecorder, error_row
@@ -178,19 +181,6 @@ def _run_local(job: _Job, workers: LocalWorkers, progress: JobProgress) -> None:
                 batch.future.cancel()
 
 
-def _import_pandas_meanwhile() -> None:
-    """pyarrow imports pandas (when installed) the first time it builds an array from Python
-    objects: the job's first Parquet commit, which in a short job is its end, when the workers
-    are done and nothing else runs.  Imported on a thread of its own while the workers start
-    and score, those 0.4 s of CPU overlap the job instead of lengthening it."""
-
-    def load() -> None:
-        with contextlib.suppress(ImportError):
-            import pandas  # noqa: F401
-
-    threading.Thread(target=load, name="import-pandas", daemon=True).start()
-
-
 def run_job(rt: Runtime, source_spec: str, out: Path, options: JobOptions, *,
             workers: LocalWorkers | None = None) -> JobResult:
     """Run (or resume) one batch job to the end; returns its summary.
@@ -204,7 +194,7 @@ def run_job(rt: Runtime, source_spec: str, out: Path, options: JobOptions, *,
     started = time.monotonic()
     if options.engine not in ("local", "ray"):
         raise UnknownEngine(f"unknown engine {options.engine!r}: local or ray")
-    _import_pandas_meanwhile()
+    import_pandas_meanwhile()
     source = open_source(source_spec)
     job_dir = JobDir(out, source.fingerprint(), resume=options.resume)
     try:
