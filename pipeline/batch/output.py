@@ -25,8 +25,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["SCHEMA", "PartWriter", "committed_ordinals", "committed_parts", "import_pandas_meanwhile",
-           "summarize"]
+__all__ = ["SCHEMA", "PartWriter", "committed_ordinals", "committed_parts",
+           "import_pandas_meanwhile", "summarize"]
 
 logger = logging.getLogger(__name__)
 
