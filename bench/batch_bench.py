@@ -15,7 +15,16 @@ a fresh process from start to exit (imports and model loads included, as a user 
   is given, else 1 on SQLite), the same images POSTed to /v1/classify by 32 concurrent
   clients, against the batch engine's images/s;
 - the agreement cost of DCT-reduced JPEG decoding (simplejpeg, scale >= the model's input),
-  measured in this process: how many images' category sets change against full decoding.
+  measured in this process: how many images' category sets change against full decoding;
+- the ceilings, measured in this process on the same images: each stage a worker runs (read,
+  safe decode, PDQ, blob, the model in fp32 and as the faster variant), one thread each, and
+  NudeNet's `detect` once loaded.  Every core running a worker's stages and nothing else (no
+  start, no main process) is the most the engine can reach here, and every core running the
+  model alone the most any engine that runs this model can; both are printed as ratios to
+  NudeNet's loop, so a run says whether the goal is reachable on its machine at all.  The
+  model's operations are counted on its graph and set against one core's dense fp32 MatMul:
+  a model near that figure is compute-bound, and only a faster core or a lower precision with
+  hardware for it (VNNI, AMX, a GPU) moves it.
 
 Rounds alternate the commands (NudeNet, fp32, auto, ...) and the table keeps each command's
 fastest round, so a neighbour's burst on a shared machine weighs on no one command.  Ratios
@@ -255,6 +264,151 @@ def reduced_decode_cost(paths: list[Path]) -> dict[str, Any]:
             "decode_reduced_per_s": round(len(data) / t_reduced, 1)}
 
 
+# ---- ceilings: what this machine allows at all ------------------------------------------------
+def stage_costs(paths: Sequence[Path], models_root: Path, variant: str) -> dict[str, float]:
+    """Milliseconds an image of each stage a batch worker runs (`Predictor`), one thread, in
+    this process, on the same images: read, safe decode, PDQ, blob write (durable), and the
+    model (pre- and post-processing included) in fp32 and as the faster variant."""
+    from models.nudenet import NudeNetScorer
+    from models.nudenet_fast import load_variant
+    from pipeline.blobs import LocalBlobStore
+    from pipeline.ingest import ingest_bytes, with_pdq
+
+    n = len(paths)
+
+    def per_image(fn: Any) -> float:
+        fn(0, min(8, n))  # warm: first-call allocations are not the steady state
+        t0 = time.perf_counter()
+        for i in range(0, n, 8):
+            fn(i, min(n, i + 8))
+        return (time.perf_counter() - t0) / n * 1e3
+
+    data: list[bytes] = []
+    read = per_image(lambda a, b: data.extend(p.read_bytes() for p in paths[a:b]))
+    data = data[-n:]
+    images = [ingest_bytes(d, max_bytes=1 << 26, max_pixels=1 << 28) for d in data]
+    costs = {"read": read,
+             "decode": per_image(lambda a, b: [ingest_bytes(d, max_bytes=1 << 26,
+                                                            max_pixels=1 << 28)
+                                               for d in data[a:b]]),
+             "pdq": per_image(lambda a, b: [with_pdq(im) for im in images[a:b]])}
+    with tempfile.TemporaryDirectory(prefix="lookfirst-blobs-") as blob_dir:
+        blobs = LocalBlobStore(Path(blob_dir))
+        costs["blob"] = per_image(lambda a, b: blobs.put_many(data[a:b]))
+    pixels = [im.pixels for im in images]
+    fp32 = NudeNetScorer(threads=1)
+    costs["model fp32"] = per_image(lambda a, b: fp32.score(pixels[a:b]))
+    if variant != "fp32":
+        faster = load_variant(variant, root=models_root, threads=1)
+        costs[f"model {variant}"] = per_image(lambda a, b: faster.score(pixels[a:b]))
+    return costs
+
+
+def nudenet_loop_ms(paths: Sequence[Path]) -> float:
+    """Milliseconds an image of NudeNet's own `detect` in this process once loaded (its
+    default threads: every core): the loop's steady state, without its start."""
+    from nudenet import NudeDetector
+
+    detector = NudeDetector()
+    detector.detect(str(paths[0]))
+    t0 = time.perf_counter()
+    for p in paths:
+        detector.detect(str(p))
+    return (time.perf_counter() - t0) / len(paths) * 1e3
+
+
+def model_gflop(weights: Path, size: int) -> float | None:
+    """Floating-point operations of one image through the model (2 x the multiply-adds of its
+    convolutions and matrix products, counted on the graph at the model's input size); None
+    without the `onnx` package."""
+    try:
+        import onnx
+        from onnx import numpy_helper, shape_inference
+    except ImportError:
+        return None
+    import numpy as np
+    model = onnx.load(str(weights))
+    for dim, value in zip(model.graph.input[0].type.tensor_type.shape.dim, (1, 3, size, size),
+                          strict=False):
+        dim.ClearField("dim_param")
+        dim.dim_value = value
+    model = shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+    weights_of = {w.name: numpy_helper.to_array(w).shape for w in model.graph.initializer}
+    macs = 0
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            _, per_group, kh, kw = weights_of[node.input[1]]
+            out = shapes[node.output[0]]
+            macs += int(np.prod(out[1:])) * per_group * kh * kw
+        elif node.op_type in ("MatMul", "Gemm"):
+            a = shapes.get(node.input[0], [])
+            b = shapes.get(node.input[1]) or list(weights_of.get(node.input[1], ()))
+            if a and b:
+                macs += int(np.prod(a)) * int(b[-1])
+    return 2 * macs / 1e9
+
+
+def dense_fp32_gflops(n: int = 1024, runs: int = 8) -> float | None:
+    """One core's dense fp32 throughput as onnxruntime reaches it (an n x n x n MatMul, one
+    thread): the most a compute-bound fp32 model can get from a core.  None without `onnx`."""
+    try:
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    import numpy as np
+    import onnxruntime as ort
+
+    spec = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, n]) for name in "abc"]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+                              spec[:2], spec[2:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), sess_options=options,
+                                   providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {"a": rng.random((n, n), dtype=np.float32), "b": rng.random((n, n), dtype=np.float32)}
+    session.run(None, feed)
+    t0 = time.perf_counter()
+    for _ in range(runs):
+        session.run(None, feed)
+    return 2 * n**3 * runs / (time.perf_counter() - t0) / 1e9
+
+
+def print_ceilings(costs: dict[str, float], loop_ms: float,
+                   engine_rates: dict[str, float], gflop: float | None,
+                   dense: float | None) -> None:
+    """The engine's ceiling on this machine (every core running a worker's stages, nothing
+    else: no start-up, no main process) against NudeNet's loop in its steady state (no start
+    either) and the engine's own rate inside its job."""
+    cores = os.cpu_count() or 1
+    loop_rate = 1e3 / loop_ms
+    shared = costs["read"] + costs["decode"] + costs["pdq"] + costs["blob"]
+    print(f"\nceilings (ms an image, one thread each, this process; {cores} cores):")
+    print("  " + ", ".join(f"{k} {v:.1f}" for k, v in costs.items())
+          + f"; NudeNet's detect once loaded (its own threads) {loop_ms:.1f}")
+    for name, model_ms in ((k, v) for k, v in costs.items() if k.startswith("model ")):
+        variant = name.removeprefix("model ")
+        ceiling = cores * 1e3 / (shared + model_ms)
+        alone = cores * 1e3 / model_ms
+        line = (f"  {variant}: a worker's stages on every core {ceiling:.1f} images/s = "
+                f"{ceiling / loop_rate:.2f}x NudeNet's loop; the model alone on every core "
+                f"{alone:.1f} images/s = {alone / loop_rate:.2f}x")
+        if variant in engine_rates:
+            line += (f"; the engine inside its job reached {engine_rates[variant]:.1f} images/s"
+                     f" = {engine_rates[variant] / ceiling:.0%} of its ceiling")
+        print(line)
+    if gflop is not None and dense is not None:
+        reached = gflop / (costs["model fp32"] / 1e3)
+        print(f"  the model: {gflop:.2f} GFLOP an image; fp32 on one thread {reached:.0f} GFLOP/s"
+              f" (pre- and post-processing included) against {dense:.0f} GFLOP/s for a dense "
+              f"fp32 MatMul on one thread: {reached / dense:.0%} of what the core does at best")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=400, help="images timed (>= 400 for the table)")
@@ -335,6 +489,16 @@ def main() -> int:
         in_job = auto_summary.get("last_run", {})
         engine_rate = n / in_job["seconds"] if in_job.get("seconds") else n / best[
             commands[2][0]][0]
+        engine_rates = {"fp32": n / best["lookfirst batch, fp32"][2]["last_run"]["seconds"],
+                        variant: engine_rate}
+        from models.nudenet import NudeNetScorer
+
+        fp32_scorer = NudeNetScorer(threads=1)
+        print_ceilings(stage_costs(paths[: min(n, 96)], work / "data" / "models", variant),
+                       loop_ms=nudenet_loop_ms(paths[: min(n, 96)]), engine_rates=engine_rates,
+                       gflop=model_gflop(fp32_scorer.weights_path, fp32_scorer.card.input_size),
+                       dense=dense_fp32_gflops())
+        del fp32_scorer
         if not args.no_rest:
             rest = rest_throughput(paths, work, env, args.database_url, args.concurrency)
             print(f"\nREST at saturation ({rest['workers']} worker(s) on {rest['database']}, "
