@@ -390,28 +390,32 @@ def dense_fp32_gflops(n: int = 1024, runs: int = 4, blocks: int = 5) -> float | 
     return 2 * n**3 * runs / fastest / 1e9
 
 
-def print_ceilings(costs: dict[str, float], loop_ms: float,
+def print_ceilings(costs: dict[str, float], loop_rate: float, loop_steady_ms: float,
                    engine_rates: dict[str, float], gflop: float | None,
                    dense: float | None) -> None:
     """The engine's ceiling on this machine (every core running a worker's stages, nothing
-    else: no start-up, no main process) against NudeNet's loop in its steady state (no start
-    either) and the engine's own rate inside its job."""
+    else: no start, no main process) and the model-alone ceiling, against NudeNet's loop as the
+    table measured it (`loop_rate`, images/s, whole process) and in its steady state
+    (`loop_steady_ms`, once loaded, no start either); the engine's rate inside its job as a
+    share of its ceiling."""
     cores = os.cpu_count() or 1
-    loop_rate = 1e3 / loop_ms
+    steady_rate = 1e3 / loop_steady_ms
     shared = costs["read"] + costs["decode"] + costs["pdq"] + costs["blob"]
     print(f"\nceilings (ms an image, one thread each, the faster of two passes, this process; "
           f"{cores} cores):")
     print("  " + ", ".join(f"{k} {v:.1f}" for k, v in costs.items())
-          + f"; NudeNet's detect once loaded (its own threads) {loop_ms:.1f}")
+          + f"; NudeNet's detect once loaded (its own threads) {loop_steady_ms:.1f} = "
+          f"{steady_rate:.1f} images/s (its loop in the table: {loop_rate:.1f})")
     for name, model_ms in ((k, v) for k, v in costs.items() if k.startswith("model ")):
         variant = name.removeprefix("model ")
         ceiling = cores * 1e3 / (shared + model_ms)
         alone = cores * 1e3 / model_ms
         line = (f"  {variant}: a worker's stages on every core {ceiling:.1f} images/s = "
-                f"{ceiling / loop_rate:.2f}x NudeNet's loop; the model alone on every core "
-                f"{alone:.1f} images/s = {alone / loop_rate:.2f}x")
+                f"{ceiling / loop_rate:.2f}x the loop ({ceiling / steady_rate:.2f}x its steady "
+                f"state); the model alone {alone:.1f} images/s = {alone / loop_rate:.2f}x "
+                f"({alone / steady_rate:.2f}x)")
         if variant in engine_rates:
-            line += (f"; the engine inside its job reached {engine_rates[variant]:.1f} images/s"
+            line += (f"; the engine inside its job {engine_rates[variant]:.1f} images/s"
                      f" = {engine_rates[variant] / ceiling:.0%} of its ceiling")
         print(line)
     if gflop is not None and dense is not None:
@@ -507,7 +511,8 @@ def main() -> int:
 
         fp32_scorer = NudeNetScorer(threads=1)
         print_ceilings(stage_costs(paths[: min(n, 96)], work / "data" / "models", variant),
-                       loop_ms=nudenet_loop_ms(paths[: min(n, 96)]), engine_rates=engine_rates,
+                       loop_rate=n / base, loop_steady_ms=nudenet_loop_ms(paths[: min(n, 96)]),
+                       engine_rates=engine_rates,
                        gflop=model_gflop(fp32_scorer.weights_path, fp32_scorer.card.input_size),
                        dense=dense_fp32_gflops())
         del fp32_scorer
