@@ -166,7 +166,10 @@ def rest_throughput(paths: Sequence[Path], work: Path, env: dict[str, str],
         made_db = _fresh_pg(database_url)
         run_env["LOOKFIRST_DATABASE_URL"] = made_db
     else:
+        for leftover in work.glob("rest.db*"):  # a round before this one: start empty
+            leftover.unlink()
         run_env["LOOKFIRST_DATABASE_URL"] = f"sqlite:///{work / 'rest.db'}"
+    shutil.rmtree(work / "data" / "blobs", ignore_errors=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -524,9 +527,15 @@ def main() -> int:
                        dense=dense_fp32_gflops())
         del fp32_scorer
         if not args.no_rest:
-            rest = rest_throughput(paths, work, env, args.database_url, args.concurrency)
+            # the fastest of as many rounds as the batch commands had, as they are kept
+            runs = [rest_throughput(paths, work, env, args.database_url, args.concurrency)
+                    for _ in range(rounds)]
+            rest = max(runs, key=lambda r: float(r["images_per_s"]))
+            each = ", ".join(f"{r['images_per_s']:.1f}" for r in runs)
             print(f"\nREST at saturation ({rest['workers']} worker(s) on {rest['database']}, "
-                  f"{args.concurrency} clients, {rest['model_version']}): "
+                  f"{args.concurrency} clients, {rest['model_version']}; rounds: "
+                  f"{each} images/s, "
+                  f"the fastest kept): "
                   f"{rest['images_per_s']:.1f} images/s, p50 {rest['p50_ms']:.0f} ms, p95 "
                   f"{rest['p95_ms']:.0f} ms, {rest['errors']} errors; the batch engine "
                   f"({variant}, inside the job: {engine_rate:.1f} images/s): REST / batch = "
