@@ -27,7 +27,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from pipeline.batch.errors import UnknownEngine
+from pipeline.batch.errors import FILE_UNAVAILABLE, SchemeUnavailable, UnknownEngine
 from pipeline.batch.output import (
     PartWriter,
     import_pandas_meanwhile,
@@ -46,6 +46,9 @@ from pipeline.runtime import Runtime
 __all__ = ["JobOptions", "JobPlan", "JobResult", "LocalWorkers", "plan_job", "run_job"]
 
 logger = logging.getLogger(__name__)
+
+#: rows whose files could not be read for now that a job's summary names
+_UNFINISHED_SHOWN = 5
 
 @dataclass
 class JobResult:
@@ -109,7 +112,9 @@ class _Job:
                                  part_seconds=options.part_seconds)
         self.trace = _Trace(options.trace)
         self.counters = {"skipped": 0, "from_store": 0, "to_model": 0, "errors": 0,
-                         "recorded": 0}
+                         "recorded": 0, "unfinished": 0}
+        #: the first few rows whose files could not be read for now (for the message)
+        self.unfinished: list[str] = []
 
     def prepare(self, rows: list[SourceRow]) -> _Batch:
         stored = self.recorder.stored(rows)
@@ -121,11 +126,20 @@ class _Job:
 
     def finish(self, batch: _Batch, predictions: Sequence[Prediction]) -> int:
         by_ordinal = {p.ordinal: p for p in predictions}
+        # a file that could not be read for now is no result: no row, and a resume retries it
+        later = {p.ordinal for p in predictions if p.error_code == FILE_UNAVAILABLE}
+        if later:
+            self.counters["unfinished"] += len(later)
+            self.counters["to_model"] -= len(later)  # sent, but never read: not scored
+            for row in batch.to_model:
+                if row.ordinal in later and len(self.unfinished) < _UNFINISHED_SHOWN:
+                    self.unfinished.append(row.label)
         results: list[dict[str, Any]] = list(batch.stored.values())
         for row in batch.rows:
             if not row.ok:
                 results.append(error_row(row, row.error_code or "row.invalid", row.error_detail))
-        results.extend(self.recorder.record(batch.to_model, by_ordinal))
+        results.extend(self.recorder.record(
+            [r for r in batch.to_model if r.ordinal not in later], by_ordinal))
         results.sort(key=lambda r: int(r["ordinal"]))
         self.counters["errors"] += sum(1 for r in results if r["error_code"] is not None)
         self.counters["recorded"] += sum(1 for r in results if r.get("decision_id")
@@ -157,8 +171,17 @@ def _run_local(job: _Job, workers: LocalWorkers, progress: JobProgress) -> None:
                 ) from exc
         progress.advance(job.finish(batch, predictions))
 
+    stopped: SchemeUnavailable | None = None
+    batches = _pending_batches(job.source, job.job, job.batch_size)
     try:
-        for rows in _pending_batches(job.source, job.job, job.batch_size):
+        while True:
+            try:
+                rows = next(batches, None)
+            except SchemeUnavailable as exc:
+                stopped = exc  # what is out with the workers is still recorded first
+                break
+            if rows is None:
+                break
             if not rows:
                 continue
             batch = job.prepare(rows)
@@ -175,6 +198,8 @@ def _run_local(job: _Job, workers: LocalWorkers, progress: JobProgress) -> None:
                 complete(pending.popleft())
         while pending:
             complete(pending.popleft())
+        if stopped is not None:
+            raise stopped
     finally:
         for batch in pending:  # stopped early: what is still queued will not be recorded
             if batch.future is not None:
@@ -229,6 +254,8 @@ def run_job(rt: Runtime, source_spec: str, out: Path, options: JobOptions, *,
                                      # this process only (Linux reports KiB): flat = streamed
                                      "peak_rss_mib": round(resource.getrusage(
                                          resource.RUSAGE_SELF).ru_maxrss / 1024)}})
+        if job.unfinished:
+            summary["last_run"]["unfinished_examples"] = job.unfinished
         write_summary(out, summary)
         return JobResult(out=out, model_version=model_version, summary=summary,
                          run=job_dir.runs, counters=dict(job.counters),

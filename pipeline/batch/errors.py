@@ -39,6 +39,14 @@ class JobLocked(PipelineError):
     kind = ErrorKind.UNAVAILABLE
 
 
+class SchemeUnavailable(PipelineError):
+    """A row's URL needs an fsspec file system whose package is not installed here (s3://:
+    s3fs, gs://: gcsfs); the job stops, and goes on with --resume once it is installed."""
+
+    code = "batch.scheme_unavailable"
+    kind = ErrorKind.UNAVAILABLE
+
+
 class UnknownEngine(PipelineError):
     """The engine is `local` (worker processes on this machine) or `ray`."""
 
@@ -57,10 +65,15 @@ class EngineUnavailable(PipelineError):
 ROW_MALFORMED = "row.malformed"
 #: a row with neither `path` nor `url`
 ROW_NO_LOCATION = "row.no_location"
+#: a row whose URL has a scheme no fsspec file system knows
+ROW_BAD_URL = "row.bad_url"
 #: a row whose context is not a valid upload context
 ROW_BAD_CONTEXT = "context.invalid"
 #: the file a row names does not exist or cannot be read
 FILE_NOT_FOUND = "file.not_found"
 FILE_UNREADABLE = "file.unreadable"
+#: the file could not be read for now (the network, a storage service's 5xx or throttling),
+#: after a few tries: not a result, so no row is written and a resume tries it again
+FILE_UNAVAILABLE = "file.unavailable"
 #: the model failed on the batch this row was in
 MODEL_FAILED = "model.failed"

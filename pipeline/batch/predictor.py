@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.base import Evidence, RGBImage, Scorer, ScoreResult
-from pipeline.batch.errors import FILE_NOT_FOUND, FILE_UNREADABLE
+from pipeline.batch.errors import FILE_NOT_FOUND, FILE_UNAVAILABLE, FILE_UNREADABLE
 from pipeline.blobs import LocalBlobStore
 from pipeline.errors import ErrorKind, ImageTooLarge, PipelineError
 from pipeline.evidence import evidence_rows, shadow_rows
@@ -33,7 +34,7 @@ from pipeline.hashing.pdq import DihedralPdq
 from pipeline.ingest import IngestedImage, ingest_bytes, with_pdq
 
 __all__ = ["OUTPUT_COLUMNS", "Prediction", "Predictor", "PredictorSpec", "read_bytes",
-           "rows_to_batch", "worker_init", "worker_predict"]
+           "read_with_retries", "rows_to_batch", "transient", "worker_init", "worker_predict"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,10 @@ class PredictorSpec:
     #: images per model call within a batch on CPU: the model's working memory grows with it
     #: and its speed does not (NudeNet 320n, measured from 1 to 32); on a GPU the whole batch
     model_batch: int = 8
+    #: tries of a read that fails for now (network, a storage service's 5xx or throttling),
+    #: the waits between them doubling from `read_backoff_s`
+    read_attempts: int = 3
+    read_backoff_s: float = 0.25
 
 
 def load_model(spec: PredictorSpec) -> Scorer:
@@ -166,13 +171,8 @@ class Predictor:
 
     def _ingest(self, location: str) -> tuple[IngestedImage, bytes]:
         limit = self.spec.max_bytes
-        try:
-            data = read_bytes(location, limit)
-        except FileNotFoundError:
-            raise _RowError(FILE_NOT_FOUND, "the file does not exist") from None
-        except (IsADirectoryError, PermissionError, OSError) as exc:
-            raise _RowError(FILE_UNREADABLE, f"the file cannot be read ({type(exc).__name__})"
-                            ) from None
+        data = read_with_retries(location, limit, attempts=self.spec.read_attempts,
+                                 backoff_s=self.spec.read_backoff_s)
         if len(data) > limit:
             raise ImageTooLarge(f"the file is larger than {limit} bytes")
         image = with_pdq(ingest_bytes(data, max_bytes=limit, max_pixels=self.spec.max_pixels))
@@ -240,6 +240,54 @@ class _RowError(PipelineError):
         super().__init__(detail)
         #: the code the row is recorded with (file.not_found, file.unreadable)
         self.row_code = row_code
+
+
+def transient(exc: BaseException, *, remote: bool) -> bool:
+    """Whether a read failed for now (another try may succeed) rather than for good.
+
+    For now: an HTTP status of 5xx, 408 or 429 (the file systems' errors carry it as
+    `status`), the network (`ConnectionError`, timeouts), and, from a remote file system, any
+    error of its library's own (aiohttp's, botocore's...), which is not taken as the row's
+    fault: fsspec's HTTP file system reports every failure to reach a file as
+    FileNotFoundError, so its cause decides.  For good: a missing file (404), another 4xx,
+    permissions, a directory, and a local file's other operating-system errors."""
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return status >= 500 or status in (408, 429)
+    if isinstance(exc, FileNotFoundError):
+        cause = exc.__cause__
+        return remote and cause is not None and transient(cause, remote=True)
+    if isinstance(exc, PermissionError | IsADirectoryError | NotADirectoryError):
+        return False
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    return remote
+
+
+def read_with_retries(location: str, max_bytes: int, *, attempts: int = 3,
+                      backoff_s: float = 0.25) -> bytes:
+    """`read_bytes`, tried again after a transient failure; the row's error otherwise:
+    file.not_found, file.unreadable (for good), file.unavailable (still failing for now after
+    `attempts` tries: the job writes no row for it, and a resume tries it again)."""
+    remote = "://" in location and not location.startswith("file://")
+    for attempt in range(1, max(1, attempts) + 1):
+        try:
+            return read_bytes(location, max_bytes)
+        except Exception as exc:  # classified: the row's error, whichever it is
+            if not transient(exc, remote=remote):
+                if isinstance(exc, FileNotFoundError):
+                    raise _RowError(FILE_NOT_FOUND, "the file does not exist") from None
+                raise _RowError(FILE_UNREADABLE,
+                                f"the file cannot be read ({type(exc).__name__})") from None
+            if attempt >= attempts:
+                cause = exc.__cause__ or exc
+                raise _RowError(FILE_UNAVAILABLE,
+                                f"the file could not be read after {attempts} tries "
+                                f"({type(cause).__name__}); a resume tries it again") from None
+            logger.info("read failed for now; trying again",
+                        extra={"attempt": attempt, "error": type(exc).__name__})
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
 
 
 def read_bytes(location: str, max_bytes: int) -> bytes:

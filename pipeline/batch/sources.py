@@ -4,7 +4,9 @@ Each source yields `SourceRow`s in a stable order; a row's `ordinal` (its positi
 job's identity for it, which is what resume and the Parquet output count on.  Rows are read
 as they are needed (line by line, CSV record by record, Parquet record batch by record batch,
 one folder listing at a time), so memory stays flat however long the source is.  A bad row
-becomes an error row with a code; it never stops the job.
+becomes an error row with a code; it never stops the job.  What stops it is this installation,
+not the row: a URL scheme whose file system needs a package not installed here
+(`SchemeUnavailable`, before any such row is sent to a worker).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from fsspec.spec import AbstractFileSystem
 
 from pipeline.batch.errors import (
     ROW_BAD_CONTEXT,
+    ROW_BAD_URL,
     ROW_MALFORMED,
     ROW_NO_LOCATION,
+    SchemeUnavailable,
     SourceNotFound,
     SourceUnsupported,
 )
@@ -224,6 +228,9 @@ class Source:
             return self._error(ordinal, where, ROW_NO_LOCATION,
                                f"{where}: a row needs a `path` or a `url`")
         location = self._resolve(target)
+        unknown = _unknown_scheme(location, where=where)
+        if unknown is not None:
+            return self._error(ordinal, target, ROW_BAD_URL, unknown)
         try:
             context = _context(raw, as_text=context_as_text)
         except UnknownContextField as exc:
@@ -250,6 +257,30 @@ class Source:
             return os.path.normpath(os.path.join(base, target))
         base = posixpath.dirname(self.path)
         return str(self.fs.unstrip_protocol(posixpath.normpath(posixpath.join(base, target))))
+
+
+#: fsspec protocols checked in this process: None (it opens here) or why it is unknown
+_SCHEMES: dict[str, str | None] = {}
+
+
+def _unknown_scheme(location: str, *, where: str) -> str | None:
+    """Why no file system knows this URL's scheme (the row's error), None when one does; a
+    scheme whose file system needs a package not installed here stops the job
+    (`SchemeUnavailable`): every such row would fail, and installing it lets a resume go on."""
+    protocol, _ = fsspec.core.split_protocol(location)
+    if protocol is None:
+        return None
+    if protocol not in _SCHEMES:
+        try:
+            fsspec.get_filesystem_class(protocol)
+            _SCHEMES[protocol] = None
+        except ImportError as exc:
+            raise SchemeUnavailable(
+                f"{where}: {protocol}:// URLs need a package not installed here "
+                f"({exc}); install it and run the same command with --resume") from None
+        except ValueError:
+            _SCHEMES[protocol] = f"{where}: no file system knows {protocol}:// URLs"
+    return _SCHEMES[protocol]
 
 
 def _context(raw: Mapping[str, Any], *, as_text: bool) -> dict[str, Any]:

@@ -164,11 +164,24 @@ def batch(
             pool.close()
         if rt is not None:
             rt.close()
+    later = result.counters.get("unfinished", 0)
+    unfinished = None
+    if later:
+        shown = ", ".join(result.summary["last_run"].get("unfinished_examples", []))
+        unfinished = {"code": "batch.unfinished", "detail": (
+            f"{later} row(s) could not be read for now (file.unavailable, after retries: "
+            f"{shown}{', ...' if later > 5 else ''}); they have no result yet; to try them "
+            f"again: {again}")}
     if as_json:
-        emit({**result.summary, "out": str(out_dir)}, True)
+        emit({**result.summary, "out": str(out_dir),
+              **({"error": unfinished} if unfinished else {})}, True)
     else:
         _print_summary(result.summary, out_dir)
-    return Exit.OK
+        if unfinished:
+            err.print(f"[yellow]{unfinished['detail']}[/yellow]", highlight=False,
+                      soft_wrap=True)
+    # 3: a dependency (the storage the files are on) failed; the job is not done
+    return Exit.DEPENDENCY if unfinished else Exit.OK
 
 
 #: what a shell reports for a program ended by Ctrl-C (128 + SIGINT)
