@@ -75,5 +75,8 @@ FILE_UNREADABLE = "file.unreadable"
 #: the file could not be read for now (the network, a storage service's 5xx or throttling),
 #: after a few tries: not a result, so no row is written and a resume tries it again
 FILE_UNAVAILABLE = "file.unavailable"
-#: the model failed on the batch this row was in
+#: the model failed on this row's image (scored alone, after its batch failed)
 MODEL_FAILED = "model.failed"
+#: processing this row's file failed in a way no check foresaw (a defect, or memory): the
+#: row's error, with the traceback in the worker's log; the job goes on
+PROCESSING_FAILED = "image.processing_failed"

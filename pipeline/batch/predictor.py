@@ -26,7 +26,14 @@ import numpy as np
 import numpy.typing as npt
 
 from models.base import Evidence, RGBImage, Scorer, ScoreResult
-from pipeline.batch.errors import FILE_NOT_FOUND, FILE_UNAVAILABLE, FILE_UNREADABLE
+from models.errors import ModelError
+from pipeline.batch.errors import (
+    FILE_NOT_FOUND,
+    FILE_UNAVAILABLE,
+    FILE_UNREADABLE,
+    MODEL_FAILED,
+    PROCESSING_FAILED,
+)
 from pipeline.blobs import LocalBlobStore
 from pipeline.errors import ErrorKind, ImageTooLarge, PipelineError
 from pipeline.evidence import evidence_rows, shadow_rows
@@ -200,6 +207,12 @@ class Predictor:
             except PipelineError as exc:
                 cols["error_code"][i], cols["error_detail"][i] = exc.code, exc.detail
                 continue
+            except Exception as exc:  # one file must never stop the job: its row's error
+                logger.exception("processing a file failed", extra={"ordinal": ordinals[i]})
+                cols["error_code"][i] = PROCESSING_FAILED
+                cols["error_detail"][i] = (f"processing this file failed ({type(exc).__name__}); "
+                                           "the worker's log has the traceback")
+                continue
             blobs.append(data)
             cols["sha256"][i], cols["mime"][i] = image.sha256, image.mime
             cols["width"][i], cols["height"][i] = image.width, image.height
@@ -212,11 +225,17 @@ class Predictor:
         del blobs
         on_gpu = "CUDAExecutionProvider" in getattr(self.scorer, "providers", ())
         step = max(1, len(images) if on_gpu else self.spec.model_batch)
-        results = [r for k in range(0, len(images), step)
-                   for r in self.scorer.score(images[k : k + step])]
+        results: list[ScoreResult | None] = []
+        for k in range(0, len(images), step):
+            results.extend(self._score(images[k : k + step]))
         del images
         if results:
             for i, result in zip(where, results, strict=True):
+                if result is None:
+                    cols["error_code"][i] = MODEL_FAILED
+                    cols["error_detail"][i] = ("the model failed on this image; the worker's "
+                                               "log has the traceback")
+                    continue
                 cols["model_version"][i] = result.model_version
                 cols["scores"][i] = json.dumps(dict(result.scores))
                 cols["evidence"][i] = json.dumps(evidence_rows(result))
@@ -228,6 +247,26 @@ class Predictor:
             else:
                 out[name] = np.asarray(["" if v is None else v for v in cols[name]], dtype=object)
         return out
+
+
+    def _score(self, images: list[RGBImage]) -> list[ScoreResult | None]:
+        """The model's results for one model batch; when the batch fails, each image alone,
+        so that one image the model cannot take costs its own row (None), not its batch's or
+        the job's.  When every image of a batch fails alone too, the model is what failed, not
+        the images: the job stops (`ModelError`, resumable) rather than record them all."""
+        try:
+            return list(self.scorer.score(images))
+        except Exception as exc:
+            if len(images) == 1:
+                logger.exception("the model failed on an image")
+                return [None]
+            logger.exception("the model failed on a batch; scoring its images one by one")
+            failure = exc
+        alone = [r for image in images for r in self._score([image])]
+        if all(r is None for r in alone):
+            raise ModelError(f"the model fails on every image of a batch "
+                             f"({type(failure).__name__}: {failure})") from None
+        return alone
 
 
 class _RowError(PipelineError):
