@@ -8,7 +8,10 @@ are out at a time, so memory is bounded and the workers are never idle while the
 process records the oldest finished batch (one transaction per batch) and appends its rows
 to the current Parquet part.  On two cores, two data-parallel workers with one model thread
 each beat one decode thread feeding a two-thread model (ENVIRONMENT.md), hence one
-process per core by default.
+process per core by default.  A worker that dies (a native decoder's crash on a hostile file,
+the OOM killer) breaks the pool: it is replaced, and the batches it held are run again, alone
+and then row by row, so that the one row that kills a worker is that row's error
+(`image.worker_crashed`) and the job goes on.
 """
 
 from __future__ import annotations
@@ -27,7 +30,12 @@ from typing import IO, Any
 
 import numpy as np
 
-from pipeline.batch.errors import FILE_UNAVAILABLE, SchemeUnavailable, UnknownEngine
+from pipeline.batch.errors import (
+    FILE_UNAVAILABLE,
+    WORKER_CRASHED,
+    SchemeUnavailable,
+    UnknownEngine,
+)
 from pipeline.batch.output import (
     PartWriter,
     import_pandas_meanwhile,
@@ -40,7 +48,6 @@ from pipeline.batch.recorder import BatchRecorder, error_row
 from pipeline.batch.resume import JobDir
 from pipeline.batch.sources import Source, SourceRow, open_source
 from pipeline.batch.workers import JobOptions, JobPlan, LocalWorkers, plan_job
-from pipeline.errors import DependencyUnavailable
 from pipeline.runtime import Runtime
 
 __all__ = ["JobOptions", "JobPlan", "JobResult", "LocalWorkers", "plan_job", "run_job"]
@@ -155,20 +162,56 @@ class _Job:
             self.recorder.close()
 
 
+def _predict_alone(workers: LocalWorkers, rows: Sequence[SourceRow]) -> list[Prediction]:
+    future = workers.pool.submit(worker_predict, rows_to_batch(
+        [r.ordinal for r in rows], [r.location or "" for r in rows]))
+    return Prediction.from_batch(future.result())
+
+
+def _crashed(row: SourceRow) -> Prediction:
+    return Prediction(ordinal=row.ordinal, sha256=None, mime=None, width=0, height=0,
+                      size_bytes=0, model_version=None, scores={}, evidence=[], shadow=[],
+                      error_code=WORKER_CRASHED, error_detail=(
+                          "processing this file ended its worker process, twice, the second "
+                          "time alone (a crash in a native decoder, or the memory limit)"))
+
+
+def _rerun(workers: LocalWorkers, batch: _Batch) -> list[Prediction]:
+    """A batch whose worker died (a crash in a native decoder on a hostile file, the kernel's
+    OOM killer), run again on the replaced pool: whole and alone first (it may only have
+    shared the dead worker's pool), then, if it kills a worker again, each row alone.  A row
+    that kills its worker alone is its row's error (image.worker_crashed): one poison file
+    never stops a job, nor every resume of it."""
+    try:
+        return _predict_alone(workers, batch.to_model)
+    except BrokenProcessPool:
+        workers.restart()
+    out: list[Prediction] = []
+    for row in batch.to_model:
+        try:
+            out.extend(_predict_alone(workers, [row]))
+        except BrokenProcessPool:
+            logger.warning("a file ended its worker process: its row's error",
+                           extra={"ordinal": row.ordinal, "input": row.label})
+            workers.restart()
+            out.append(_crashed(row))
+    return out
+
+
 def _run_local(job: _Job, workers: LocalWorkers, progress: JobProgress) -> None:
-    pool = workers.pool
-    pending: deque[_Batch] = deque()
+    pending: deque[tuple[_Batch, int]] = deque()  # with the pool generation it went to
     limit = max(1, workers.plan.workers * job.options.in_flight)
 
-    def complete(batch: _Batch) -> None:
+    def complete(batch: _Batch, generation: int) -> None:
         predictions: list[Prediction] = []
         if batch.future is not None:
             try:
                 predictions = Prediction.from_batch(batch.future.result())
-            except BrokenProcessPool as exc:
-                raise DependencyUnavailable(
-                    "a batch worker died (out of memory, or the model failed to load)"
-                ) from exc
+            except BrokenProcessPool:
+                if generation == workers.generation:  # else: already replaced
+                    logger.warning("a batch worker died; replacing the workers")
+                    workers.restart()
+                predictions = _rerun(workers, batch)
         progress.advance(job.finish(batch, predictions))
 
     stopped: SchemeUnavailable | None = None
@@ -186,22 +229,22 @@ def _run_local(job: _Job, workers: LocalWorkers, progress: JobProgress) -> None:
                 continue
             batch = job.prepare(rows)
             if batch.to_model:
-                batch.future = pool.submit(
+                batch.future = workers.pool.submit(
                     worker_predict,
                     rows_to_batch([r.ordinal for r in batch.to_model],
                                   [r.location or "" for r in batch.to_model]),
                 )
-            pending.append(batch)
+            pending.append((batch, workers.generation))
             # record the oldest batch once it is ready, or when the window is full
-            while pending and (len(pending) > limit or pending[0].future is None
-                               or pending[0].future.done()):
-                complete(pending.popleft())
+            while pending and (len(pending) > limit or pending[0][0].future is None
+                               or pending[0][0].future.done()):
+                complete(*pending.popleft())
         while pending:
-            complete(pending.popleft())
+            complete(*pending.popleft())
         if stopped is not None:
             raise stopped
     finally:
-        for batch in pending:  # stopped early: what is still queued will not be recorded
+        for batch, _ in pending:  # stopped early: what is still queued will not be recorded
             if batch.future is not None:
                 batch.future.cancel()
 

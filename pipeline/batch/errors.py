@@ -80,3 +80,6 @@ MODEL_FAILED = "model.failed"
 #: processing this row's file failed in a way no check foresaw (a defect, or memory): the
 #: row's error, with the traceback in the worker's log; the job goes on
 PROCESSING_FAILED = "image.processing_failed"
+#: processing this row's file ended its worker process (a native decoder's crash on a hostile
+#: file, the memory limit), also when tried alone
+WORKER_CRASHED = "image.worker_crashed"

@@ -14,11 +14,13 @@ import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pipeline.batch.predictor import PredictorSpec, worker_init
+from pipeline.errors import DependencyUnavailable
 from pipeline.policy import Policy
 from pipeline.runtime import choose_variant
 from pipeline.settings import Settings
@@ -85,12 +87,43 @@ class LocalWorkers:
     ahead of the job: `lookfirst batch` starts them before it opens the database, so that
     their imports and model loads overlap its own start."""
 
+    #: worker pools one run may replace after a worker died, before the job stops: more
+    #: than a few poison files in one run is the machine's trouble, not the files'
+    MAX_RESTARTS = 8
+
     def __init__(self, plan: JobPlan) -> None:
         self.plan = plan
+        #: which pool a future came from: a future of a replaced pool is re-run, not a reason
+        #: to replace the new one
+        self.generation = 0
+        self.restarts = 0
+        self.pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
         ctx = mp.get_context("spawn")  # no forked copies of the parent's DB pool or threads
-        self.pool = ProcessPoolExecutor(max_workers=plan.workers, mp_context=ctx,
-                                        initializer=worker_init, initargs=(plan.spec,))
-        _start_workers(self.pool, plan.workers)
+        pool = ProcessPoolExecutor(max_workers=self.plan.workers, mp_context=ctx,
+                                   initializer=worker_init, initargs=(self.plan.spec,))
+        _start_workers(pool, self.plan.workers)
+        return pool
+
+    def restart(self) -> None:
+        """Replace a pool a dead worker broke (every future it held fails), and wait until
+        the new workers run; a pool that cannot start (the model fails to load, memory), or
+        one replaced too often in this run, stops the job."""
+        self.restarts += 1
+        if self.restarts > self.MAX_RESTARTS:
+            raise DependencyUnavailable(
+                f"batch workers died {self.restarts} times in this run (memory, or a machine "
+                "fault): stopped; what was recorded is committed")
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = self._start()
+        self.generation += 1
+        try:
+            for probe in [self.pool.submit(int) for _ in range(self.plan.workers)]:
+                probe.result()
+        except BrokenProcessPool as exc:
+            raise DependencyUnavailable(
+                "batch workers cannot start (the model failed to load, or memory)") from exc
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
