@@ -101,7 +101,9 @@ def test_batch_cli_refusals_exit_2(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_leaves_a_resumable_job(tmp_path: Path) -> None:
-    images = make_image_set(tmp_path / "set", 60, seed=31, width=480, height=360)
+    # long enough (about 5 s of work) that this process, even starved by a busy machine, sees
+    # the job under way before it ends: with 60 images it once finished first (1.6 s)
+    images = make_image_set(tmp_path / "set", 200, seed=31, width=480, height=360)
     env = cli_env(tmp_path / "d")
     out = tmp_path / "results.parquet"
     trace = tmp_path / "trace.txt"
