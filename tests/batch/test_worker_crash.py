@@ -41,16 +41,24 @@ class _Killer:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _readers(self) -> list[int]:
+        """Processes holding the FIFO open to read.  Only readers: a process forked while
+        this thread holds its write end (a worker being spawned, before its exec closes the
+        descriptor) holds the FIFO too, and is no file's victim."""
         found = []
         for name in os.listdir("/proc"):
             if not name.isdigit() or int(name) == os.getpid():
                 continue
             try:
                 for fd in os.listdir(f"/proc/{name}/fd"):
-                    if os.readlink(f"/proc/{name}/fd/{fd}") == self.fifo:
+                    if os.readlink(f"/proc/{name}/fd/{fd}") != self.fifo:
+                        continue
+                    with open(f"/proc/{name}/fdinfo/{fd}") as info:
+                        flags = next(int(line.split()[1], 8) for line in info
+                                     if line.startswith("flags:"))
+                    if flags & os.O_ACCMODE == os.O_RDONLY:
                         found.append(int(name))
                         break
-            except OSError:  # gone, or not ours to look at
+            except (OSError, StopIteration):  # gone, or not ours to look at
                 continue
         return found
 
