@@ -8,6 +8,7 @@ opens it for reading, every time one does (a worker blocks in `open` until a wri
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -37,6 +38,7 @@ class _Killer:
         self.fifo = str(fifo)
         #: the processes killed (one may be seen again while it dies, still holding the FIFO)
         self.killed: set[int] = set()
+        self.errors: list[Exception] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -63,25 +65,34 @@ class _Killer:
         return found
 
     def _run(self) -> None:
+        # this thread must not die: a reader it leaves blocked in `open` hangs the job
         while not self._stop.is_set():
-            try:  # succeeds only while a reader is opening or holds the FIFO
-                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError as exc:
-                assert exc.errno == errno.ENXIO, exc
-                time.sleep(0.01)
-                continue
             try:
-                deadline = time.monotonic() + 5
-                while time.monotonic() < deadline:
-                    readers = self._readers()
-                    if readers:
-                        for pid in readers:
-                            os.kill(pid, signal.SIGKILL)
-                            self.killed.add(pid)
-                        break
-                    time.sleep(0.01)
-            finally:
-                os.close(fd)
+                self._once()
+            except Exception as exc:  # noqa: BLE001 - kept, and raised by __exit__
+                self.errors.append(exc)
+
+    def _once(self) -> None:
+        try:  # succeeds only while a reader is opening or holds the FIFO
+            fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            time.sleep(0.01)
+            return
+        try:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                readers = self._readers()
+                for pid in readers:
+                    with contextlib.suppress(ProcessLookupError):  # it ended by itself
+                        os.kill(pid, signal.SIGKILL)
+                    self.killed.add(pid)
+                if readers:
+                    break
+                time.sleep(0.01)
+        finally:
+            os.close(fd)
 
     def __enter__(self) -> _Killer:
         self._thread.start()
@@ -90,6 +101,7 @@ class _Killer:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        assert not self.errors, self.errors
 
 
 @pytest.fixture
