@@ -162,10 +162,13 @@ class _Job:
             self.recorder.close()
 
 
-def _predict_alone(workers: LocalWorkers, rows: Sequence[SourceRow]) -> list[Prediction]:
-    future = workers.pool.submit(worker_predict, rows_to_batch(
+def _submit(workers: LocalWorkers, rows: Sequence[SourceRow]) -> Future[dict[str, Any]]:
+    return workers.pool.submit(worker_predict, rows_to_batch(
         [r.ordinal for r in rows], [r.location or "" for r in rows]))
-    return Prediction.from_batch(future.result())
+
+
+def _predict_alone(workers: LocalWorkers, rows: Sequence[SourceRow]) -> list[Prediction]:
+    return Prediction.from_batch(_submit(workers, rows).result())
 
 
 def _crashed(row: SourceRow) -> Prediction:
@@ -229,11 +232,7 @@ def _run_local(job: _Job, workers: LocalWorkers, progress: JobProgress) -> None:
                 continue
             batch = job.prepare(rows)
             if batch.to_model:
-                batch.future = workers.pool.submit(
-                    worker_predict,
-                    rows_to_batch([r.ordinal for r in batch.to_model],
-                                  [r.location or "" for r in batch.to_model]),
-                )
+                batch.future = _submit(workers, batch.to_model)
             pending.append((batch, workers.generation))
             # record the oldest batch once it is ready, or when the window is full
             while pending and (len(pending) > limit or pending[0][0].future is None
